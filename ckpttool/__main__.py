@@ -1,0 +1,3 @@
+from ckpttool.cli.main import cli
+
+cli(prog_name="ckpt")

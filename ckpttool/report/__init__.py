@@ -1,0 +1,1 @@
+"""Rendering of command results: tables, output formats, progress, plots."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv with the CPU build of torch and everything ckpt and its tests need.
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -c1-12)"
+if [ -f "$stamp" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# torch first, alone: its CPU wheel lies on the machine; an unpinned torch elsewhere would pull CUDA.
+$pip install torch==2.13.0
+# Then the project with its extras, always under the constraints file.
+$pip install -c constraints.txt -e '.[mmaction,test]'
+rm -f "$VENV"/.ckpt-setup-*
+touch "$stamp"
+echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2
