@@ -1,0 +1,56 @@
+"""Format detection from content, never from the file extension."""
+from __future__ import annotations
+
+import os
+import struct
+
+from ckpttool.errors import CkptError, FormatError
+
+_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def detect(path: str) -> str:
+    """'torch-zip' | 'torch-legacy' | 'pickle' | 'safetensors' | 'safetensors-sharded' | 'dcp'."""
+    if not os.path.exists(path):
+        raise CkptError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, ".metadata")):
+            return "dcp"
+        if any(n.endswith(".index.json") for n in os.listdir(path)):
+            return "safetensors-sharded"
+        raise CkptError(f"{path}: is a directory, not a DCP checkpoint or a sharded safetensors folder")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise CkptError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise FormatError(f"{path}: empty file")
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "torch-zip"
+    if head.startswith(_LEGACY_HEAD):
+        return "torch-legacy"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if n < os.path.getsize(path):
+            return "safetensors"
+    if head.lstrip()[:1] == b"{" and b"weight_map" in _read_some(path):
+        return "safetensors-sharded"
+    raise FormatError(f"{path}: not a checkpoint format ckpt knows (first bytes {head[:8]!r})")
+
+
+def _read_some(path: str, n: int = 1 << 20) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def index_file(path: str) -> str:
+    """The index json of a sharded safetensors checkpoint given as a folder or as the index file."""
+    if os.path.isdir(path):
+        found = sorted(n for n in os.listdir(path) if n.endswith(".index.json"))
+        if len(found) != 1:
+            raise CkptError(f"{path}: expected one *.index.json, found {len(found)}")
+        return os.path.join(path, found[0])
+    return path

@@ -1,0 +1,66 @@
+"""One table of the element types we read: torch names, storage class names, safetensors codes, numpy dtypes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str          # torch name without 'torch.', e.g. 'float32'
+    itemsize: int
+    numpy: str | None  # numpy dtype string; None when numpy has no such type (bfloat16 is read as uint16)
+    storage: str       # legacy typed-storage class name in `torch`, e.g. 'FloatStorage'
+    st: str | None     # safetensors dtype code
+
+    @property
+    def is_floating(self) -> bool:
+        return self.name.startswith(("float", "bfloat")) or self.name.startswith("complex")
+
+
+_TABLE = [
+    DType("float32", 4, "<f4", "FloatStorage", "F32"),
+    DType("float64", 8, "<f8", "DoubleStorage", "F64"),
+    DType("float16", 2, "<f2", "HalfStorage", "F16"),
+    DType("bfloat16", 2, None, "BFloat16Storage", "BF16"),
+    DType("int64", 8, "<i8", "LongStorage", "I64"),
+    DType("int32", 4, "<i4", "IntStorage", "I32"),
+    DType("int16", 2, "<i2", "ShortStorage", "I16"),
+    DType("int8", 1, "i1", "CharStorage", "I8"),
+    DType("uint8", 1, "u1", "ByteStorage", "U8"),
+    DType("bool", 1, "?", "BoolStorage", "BOOL"),
+    DType("complex64", 8, "<c8", "ComplexFloatStorage", None),
+    DType("complex128", 16, "<c16", "ComplexDoubleStorage", None),
+    DType("uint16", 2, "<u2", "UInt16Storage", "U16"),
+    DType("uint32", 4, "<u4", "UInt32Storage", "U32"),
+    DType("uint64", 8, "<u8", "UInt64Storage", "U64"),
+    DType("float8_e4m3fn", 1, None, "Float8_e4m3fnStorage", "F8_E4M3"),
+    DType("float8_e5m2", 1, None, "Float8_e5m2Storage", "F8_E5M2"),
+]
+
+BY_NAME = {d.name: d for d in _TABLE}
+BY_STORAGE = {d.storage: d for d in _TABLE}
+BY_ST = {d.st: d for d in _TABLE if d.st}
+# Aliases torch accepts for the same types (torch.float, torch.half, torch.long, ...).
+ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+           "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+
+
+def by_name(name: str) -> DType:
+    name = ALIASES.get(name, name)
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        from ckpttool.errors import FormatError
+        raise FormatError(f"unsupported tensor dtype {name!r}") from None
+
+
+def from_numpy(np_dtype) -> DType:
+    """The DType of a numpy dtype (for writers)."""
+    import numpy as np
+
+    dt = np.dtype(np_dtype).newbyteorder("<") if np.dtype(np_dtype).byteorder == ">" else np.dtype(np_dtype)
+    for d in _TABLE:
+        if d.numpy and np.dtype(d.numpy) == dt:
+            return d
+    from ckpttool.errors import CkptError
+    raise CkptError(f"no checkpoint dtype for numpy dtype {dt}")

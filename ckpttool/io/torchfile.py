@@ -1,0 +1,198 @@
+"""torch.save files: the zip archive (default since torch 1.6) and the legacy stream (OpenMMLab publish tools).
+
+Zip: `<archive>/data.pkl` is the pickle; tensor bytes are the stored entries `<archive>/data/<key>`, located by their
+local header so they can be memory-mapped. Legacy: five pickles in a row (magic number, protocol, sys info, the
+object, the storage keys), then every storage as an 8-byte little-endian element count followed by its bytes.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+from ckpttool.errors import FormatError
+from ckpttool.io.dtypes import BY_STORAGE, DType, by_name
+from ckpttool.io.tensor import MappedFile, Storage
+from ckpttool.io.unpickle import StorageType, TorchConst, unpickle
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_PICKLE_BYTES = 1 << 31
+
+
+def _storage_dtype(storage_type, dtype_hint=None) -> DType:
+    if isinstance(storage_type, StorageType) and storage_type.dtype is not None:
+        return storage_type.dtype
+    if isinstance(dtype_hint, (str, TorchConst)):
+        return by_name(str(dtype_hint))
+    if isinstance(storage_type, StorageType):
+        return by_name("uint8")  # UntypedStorage: bytes; _rebuild_tensor_v3 retypes it
+    raise FormatError("storage record without a known element type")
+
+
+def _parse_pid(pid: tuple):
+    if len(pid) < 5 or pid[0] != "storage":
+        raise FormatError(f"unsupported persistent record {pid[0]!r}")
+    _, storage_type, key, location, numel = pid[:5]
+    if not isinstance(key, str) or not isinstance(numel, int):
+        raise FormatError("malformed storage record")
+    return _storage_dtype(storage_type), key, numel
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window [base, base+length) of a file, so zipfile can read an archive embedded in another file."""
+
+    def __init__(self, path: str, base: int, length: int):
+        self._f, self._base, self._len, self._pos = open(path, "rb"), base, length, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, pos, whence=0):
+        self._pos = {0: pos, 1: self._pos + pos, 2: self._len + pos}[whence]
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def readinto(self, b):
+        n = max(0, min(len(b), self._len - self._pos))
+        self._f.seek(self._base + self._pos)
+        data = self._f.read(n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
+    """Returns (root object, globals) of a torch zip archive stored at [base, base+length) of `mfile`.
+
+    Storages are mapped lazily; nothing but the central directory and data.pkl is read."""
+    length = mfile.size - base if length is None else length
+    if base < 0 or length < 0 or base + length > mfile.size:
+        raise FormatError("embedded archive lies past the end of the file")
+    src = open(mfile.path, "rb") if base == 0 and length == mfile.size else _Slice(mfile.path, base, length)
+    try:
+        zf = zipfile.ZipFile(src)
+        infos = {i.filename: i for i in zf.infolist()}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+        src.close()
+        raise FormatError(f"corrupt or truncated zip archive ({exc})") from None
+    with zf, src:
+        pkl = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
+        if not pkl:
+            raise FormatError("zip archive without <name>/data.pkl: not a torch checkpoint")
+        prefix = pkl[0][: -len("data.pkl")]
+        if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
+            raise FormatError("data.pkl is implausibly large")
+        try:
+            order = infos.get(prefix + "byteorder")
+            if order is not None and zf.read(order).strip() not in (b"little", b""):
+                raise FormatError("big-endian checkpoints are not supported")
+            data = zf.read(pkl[0])
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+            raise FormatError(f"cannot read data.pkl ({exc})") from None
+        storages: dict[str, Storage] = {}
+
+        def persistent_load(pid):
+            dtype, key, numel = _parse_pid(pid)
+            if key in storages:
+                return storages[key]
+            info = infos.get(f"{prefix}data/{key}")
+            if info is None:
+                raise FormatError(f"storage {key!r} is missing from the archive")
+            if numel * dtype.itemsize > info.file_size:
+                raise FormatError(f"storage {key!r} claims {numel} {dtype.name} elements but holds "
+                                  f"{info.file_size} bytes")
+            if info.compress_type == zipfile.ZIP_STORED:
+                st = Storage(key, dtype, numel, mfile, base + _data_offset(src, info, length))
+            else:  # repacked with compression: no mapping possible, decompress this entry only
+                try:
+                    st = Storage(key, dtype, numel, data=zf.read(info))
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                    raise FormatError(f"cannot read storage {key!r} ({exc})") from None
+            storages[key] = st
+            return st
+
+        return unpickle(data, persistent_load, bytes_loader=read_legacy_bytes)
+
+
+def _data_offset(src, info: zipfile.ZipInfo, length: int) -> int:
+    """Offset of an entry's bytes: after its local header (whose name/extra lengths may differ from the central one)."""
+    src.seek(info.header_offset)
+    head = src.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise FormatError(f"corrupt zip local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    offset = info.header_offset + 30 + name_len + extra_len
+    if offset + info.file_size > length:
+        raise FormatError(f"entry {info.filename} lies past the end of the file (truncated?)")
+    return offset
+
+
+def read_legacy(path: str, mfile: MappedFile):
+    with open(path, "rb") as f:
+        return _read_legacy_stream(f, mfile=mfile)
+
+
+def read_legacy_bytes(data: bytes):
+    """A legacy torch file held in memory (as `torch.storage._load_from_bytes` embeds in plain pickles)."""
+    obj, _ = _read_legacy_stream(io.BytesIO(data), data=data)
+    return obj
+
+
+def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None):
+    magic, _ = unpickle(f)
+    if magic != LEGACY_MAGIC:
+        raise FormatError("not a torch legacy file (bad magic number)")
+    version, _ = unpickle(f)
+    if version != 1001:
+        raise FormatError(f"unsupported legacy protocol version {version!r}")
+    sys_info, _ = unpickle(f)
+    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+        raise FormatError("big-endian checkpoints are not supported")
+    storages: dict[str, Storage] = {}
+
+    def persistent_load(pid):
+        if pid and pid[0] == "module":
+            raise FormatError("legacy files that pickle module source code are not supported")
+        dtype, key, numel = _parse_pid(pid)
+        if len(pid) > 5 and pid[5] is not None:
+            raise FormatError("legacy storage views are not supported")
+        if key not in storages:
+            storages[key] = Storage(key, dtype, numel, mfile, -1, None)
+        return storages[key]
+
+    obj, globals_ = unpickle(f, persistent_load, bytes_loader=read_legacy_bytes)
+    keys, _ = unpickle(f)
+    if not isinstance(keys, list):
+        raise FormatError("malformed legacy storage key list")
+    pos = f.tell()
+    size = mfile.size if mfile is not None else len(data)
+    for key in keys:
+        st = storages.get(key)
+        if st is None:
+            raise FormatError(f"legacy file lists unknown storage {key!r}")
+        if pos + 8 > size:
+            raise FormatError("legacy file truncated in storage data")
+        f.seek(pos)
+        (numel,) = struct.unpack("<q", f.read(8))
+        if numel != st.numel:
+            raise FormatError(f"storage {key!r} holds {numel} elements, its record says {st.numel}")
+        start, pos = pos + 8, pos + 8 + numel * st.dtype.itemsize
+        if pos > size:
+            raise FormatError("legacy file truncated in storage data")
+        if mfile is not None:
+            st.offset = start
+        else:
+            st.data = data[start:pos]
+    missing = [k for k, st in storages.items() if st.offset < 0 and st.data is None]
+    if missing:
+        raise FormatError(f"storages without data: {missing[:3]}")
+    return obj, globals_
