@@ -70,7 +70,7 @@ def render_tables(tables: Sequence[Table], fmt: str) -> str:
         if t.title:
             block.append(_title(t.title, fmt))
         if t.rows or t.headers:
-            block.append(tabulate(t.rows, headers=list(t.headers), tablefmt=_TABULATE_FMT[fmt],
+            block.append(tabulate(t.rows, headers=list(t.headers) if any(t.headers) else (), tablefmt=_TABULATE_FMT[fmt],
                                   floatfmt=t.floatfmt, disable_numparse=True, missingval="-")
                          if t.rows else "(none)")
         block.extend(_note(n, fmt) for n in t.notes)

@@ -1,0 +1,121 @@
+"""ckpt inspect PATH — what is in a checkpoint, without running code from it (and without importing torch)."""
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import finish, output_options
+from ckpttool.report.output import Table, fmt_num, human_bytes, human_count
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--depth", type=click.IntRange(1, 32), help="Module tree depth (default: one that shows the parts).")
+@click.option("--filter", "filter_", metavar="REGEX", help="Only keys matching REGEX.")
+@click.option("--keys", is_flag=True, help="One row per tensor.")
+@click.option("--config", is_flag=True, help="Print the training config embedded in meta.cfg.")
+@click.option("--stats", is_flag=True, help="Read values: min/max/mean/std/L2, NaN and Inf per module.")
+@click.option("--check-finite", is_flag=True, help="Exit 1 when any tensor holds NaN or Inf.")
+@click.option("--section", metavar="NAME", help="Inspect another section as the weights (ema_state_dict, optimizer…).")
+@click.option("--trust", is_flag=True, help="Unpickle for real. RUNS CODE FROM THE FILE: only for files you made.")
+@output_options
+def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section, trust, fmt):
+    """Show what PATH holds: layout, meta, module tree, optimizer, schedulers, logged scalars, EMA, and every
+    global the file references. PATH may be a .pth/.ckpt (zip or legacy), .safetensors, a sharded index or a
+    torch.distributed.checkpoint folder; the format is detected from the content."""
+    from ckpttool.report.progress import progress, warn
+    from ckpttool.summary.inspect import inspect
+
+    want_values = stats or check_finite
+    result = inspect(path, depth=depth, filter=filter_, keys=keys, config=config, stats=want_values,
+                     section=section, trust=trust)
+    if result["suspicious_globals"]:
+        warn(f"{path} references code that would run under torch.load(weights_only=False): "
+             f"{', '.join(result['suspicious_globals'])} (nothing was executed)")
+    failed = None
+    if check_finite and result.get("nonfinite"):
+        bad = result["nonfinite"]
+        failed = f"{len(bad)} tensor(s) hold NaN/Inf, first: {bad[0]['key']}"
+    if not stats and want_values:  # --check-finite alone: keep the plain table
+        for row in result["modules"]:
+            for k in ("min", "max", "mean", "std", "l2", "rms"):
+                row.pop(k, None)
+    finish(result, tables(result, stats), fmt, failed)
+
+
+def tables(r: dict, stats: bool) -> list[Table]:
+    out = [Table(["", ""], header_rows(r), title=None)]
+    cols = ["module", "tensors", "params", "bytes", "dtypes"]
+    if stats:
+        cols += ["min", "max", "mean", "std", "l2", "nan", "inf", "flags"]
+    rows = []
+    for m in r["modules"]:
+        row = [m["name"], m["tensors"], human_count(m["params"]), human_bytes(m["bytes"]), ",".join(m["dtypes"])]
+        if stats:
+            row += [fmt_num(m.get(k)) for k in ("min", "max", "mean", "std", "l2")]
+            row += [m.get("nan", 0), m.get("inf", 0), "; ".join(m.get("flags", []))]
+        rows.append(row)
+    total = ["total", r["num_tensors"], human_count(r["total_params"]), human_bytes(r["total_bytes"]), ""]
+    rows.append(total + [""] * (len(cols) - len(total)))
+    out.append(Table(cols, rows, title=f"Modules (depth {r['depth']}) of {r['weights_key'] or 'the file'}",
+                     primary=True))
+    if "keys" in r:
+        kcols = ["key", "shape", "dtype", "params"] + (["min", "max", "mean", "std", "nan", "inf"] if stats else [])
+        krows = [[k["key"], "x".join(map(str, k["shape"])) or "scalar", k["dtype"], k["params"]]
+                 + ([fmt_num(k.get(c)) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
+                    if stats else []) for k in r["keys"]]
+        out.append(Table(kcols, krows, title="Tensors"))
+    opt = r.get("optimizer")
+    if opt:
+        gcols = ["group", "params", "lr", "weight_decay", "momentum/betas"]
+        grows = [[i, g.get("params"), fmt_num(g.get("lr")), fmt_num(g.get("weight_decay")),
+                  fmt_num(g.get("momentum")) if "momentum" in g else g.get("betas", "-")]
+                 for i, g in enumerate(opt["param_groups"])]
+        out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({opt['state_tensors']} state tensors, "
+                                              f"{human_bytes(opt['state_bytes'])})"))
+    if r.get("schedulers"):
+        srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r["schedulers"]]
+        out.append(Table(["scheduler", "state"], srows, title="Schedulers"))
+    if r.get("scalars"):
+        out.append(Table(["scalar", "last value"], [[k, fmt_num(v, 6)] for k, v in r["scalars"].items()],
+                         title="Last logged scalars (message_hub)"))
+    if r.get("config"):
+        out.append(Table([], [], title="Config (meta.cfg)", notes=[r["config"].rstrip()]))
+    return out
+
+
+def header_rows(r: dict) -> list[list]:
+    meta = r["meta"]
+    rows = [["path", r["path"]], ["format", r["format"]], ["size", human_bytes(r["file_bytes"])],
+            ["layout", r["layout"]]]
+    if "epoch" in meta or "iter" in meta:
+        rows.append(["epoch / iter", f"{meta.get('epoch', '-')} / {meta.get('iter', meta.get('global_step', '-'))}"])
+    for key, label in (("mmengine_version", "mmengine"), ("mmcv_version", "mmcv"), ("experiment_name", "experiment"),
+                       ("seed", "seed"), ("arch", "arch"), ("pytorch-lightning_version", "lightning"),
+                       ("time", "saved")):
+        if meta.get(key) not in (None, ""):
+            rows.append([label, meta[key]])
+    weights = r["weights_key"] or "(root)"
+    if r["stripped_prefix"]:
+        weights += f" (prefix {r['stripped_prefix']!r} stripped)"
+    rows.append(["weights", f"{weights}: {r['num_tensors']} tensors, {human_count(r['total_params'])} params"])
+    secs = [f"{k} ({human_bytes(v['bytes'])})" if "bytes" in v else k for k, v in r["sections"].items()]
+    if secs:
+        rows.append(["sections", ", ".join(secs)])
+    if r.get("ema"):
+        e = r["ema"]
+        rows.append(["EMA", f"{e['section']}" + (f", steps={e['steps']}" if e.get("steps") is not None else "")
+                     + (f" — {e['note']}" if e.get("note") else "")])
+    rows.append(["security", security_line(r)])
+    rows.extend(["note", n] for n in r.get("notes", []))
+    return rows
+
+
+def security_line(r: dict) -> str:
+    if r["suspicious_globals"]:
+        return (f"DANGER: would run code under torch.load(weights_only=False): "
+                f"{', '.join(r['suspicious_globals'])} — not executed here")
+    if r["foreign_globals"]:
+        return f"no code runs; {len(r['foreign_globals'])} non-tensor classes kept inert: " + \
+            ", ".join(g.rsplit(".", 1)[-1] for g in r["foreign_globals"][:6]) + \
+            (" …" if len(r["foreign_globals"]) > 6 else "")
+    return "no code runs; only tensors and plain containers"

@@ -1,0 +1,1 @@
+"""What is in a checkpoint: module tree, value statistics, training state (optimizer, schedulers, logs)."""

@@ -1,0 +1,85 @@
+"""`inspect(path)`: everything a researcher wants to know about a checkpoint, without running code from it."""
+from __future__ import annotations
+
+import math
+import statistics
+
+from ckpttool.io import load
+from ckpttool.summary import training
+from ckpttool.summary.stats import Moments, tensor_moments
+from ckpttool.summary.tree import default_depth, filter_keys, module_of, module_rows
+
+SIBLING_OUTLIER = 10.0  # a module whose RMS is this many times its siblings' median is flagged
+
+
+def inspect(path: str, depth: int | None = None, filter: str | None = None, keys: bool = False,
+            config: bool = False, stats: bool = False, section: str | None = None, trust: bool = False,
+            on_tensor=None) -> dict:
+    """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object)."""
+    ck = load(path, trust=trust)
+    sd = ck.state_dict(section)
+    shown = filter_keys(sd, filter)
+    depth = depth if depth is not None else default_depth(sd.keys())
+    modules = module_rows(shown, depth)
+    meta = {k: v for k, v in ck.meta.items() if k not in ("cfg", "config")}
+    root = ck.root if isinstance(ck.root, dict) else {}
+    result = {
+        "path": ck.path, "format": ck.format, "file_bytes": ck.file_bytes, "layout": ck.layout.kind,
+        "meta": meta, "weights_key": section or ck.weights_key, "stripped_prefix": sd.stripped_prefix,
+        "num_tensors": len(shown), "total_params": sum(t.numel for t in shown.values()),
+        "total_bytes": sum(t.nbytes for t in shown.values()), "depth": depth, "modules": modules,
+        "sections": ck.sections(),
+        "optimizer": training.optimizer_summary(root.get("optimizer", root.get("optimizer_states"))),
+        "schedulers": training.schedulers_summary(root.get("param_schedulers", root.get("lr_schedulers"))),
+        "scalars": training.last_scalars(root.get("message_hub")),
+        "ema": training.ema_summary(root, ck.layout.kind),
+        "foreign_globals": ck.foreign_globals, "suspicious_globals": ck.suspicious_globals,
+        "notes": list(ck.layout.notes),
+    }
+    if sd.stripped_prefix:
+        result["notes"].append(f"prefix {sd.stripped_prefix!r} stripped (every key had it)")
+    if config:
+        result["config"] = ck.meta.get("cfg") or ck.meta.get("config")
+    if keys:
+        result["keys"] = [{"key": k, "shape": list(t.shape), "dtype": t.dtype, "params": t.numel,
+                           "kind": "param" if t.is_param else "tensor"} for k, t in shown.items()]
+    if stats:
+        _add_stats(result, shown, depth, on_tensor)
+    return result
+
+
+def _add_stats(result: dict, sd, depth: int, on_tensor=None) -> None:
+    per_module: dict[str, Moments] = {}
+    per_key = {}
+    for key, t in sd.items():
+        m = tensor_moments(t)
+        per_key[key] = m.result()
+        per_module.setdefault(module_of(key, depth), Moments()).merge(m)
+        if on_tensor is not None:
+            on_tensor(t)
+    for row in result["modules"]:
+        m = per_module[row["name"]]
+        row.update({k: v for k, v in m.result().items()})
+        row["rms"] = math.sqrt(m.sumsq / m.finite) if m.finite else None
+    _flag(result["modules"])
+    if "keys" in result:
+        for row in result["keys"]:
+            row.update(per_key[row["key"]])
+    result["nonfinite"] = [{"key": k, "nan": s["nan"], "inf": s["inf"]} for k, s in per_key.items()
+                           if s["nan"] or s["inf"]]
+
+
+def _flag(rows: list[dict]) -> None:
+    """Mark modules with NaN/Inf, or whose RMS is far above their siblings' (same parent) median."""
+    by_parent: dict[str, list[dict]] = {}
+    for row in rows:
+        by_parent.setdefault(row["name"].rpartition(".")[0], []).append(row)
+        row["flags"] = ["non-finite"] if row["nan"] or row["inf"] else []
+    for siblings in by_parent.values():
+        rms = [r["rms"] for r in siblings if r["rms"]]
+        if len(rms) < 3:
+            continue
+        med = statistics.median(rms)
+        for r in siblings:
+            if r["rms"] and med > 0 and r["rms"] > SIBLING_OUTLIER * med:
+                r["flags"].append(f"rms {r['rms'] / med:.0f}x siblings")
