@@ -13,6 +13,10 @@ pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $pip install torch==2.13.0
 # Then the project with its extras, always under the constraints file.
 $pip install -c constraints.txt -e '.[mmaction,test]'
+# A second, torch-free environment with NumPy 2: the reader's core must work under NumPy 1.26 and 2.x
+# (tests/test_numpy2.py runs the same files through both and compares).
+[ -x .venv-np2/bin/python ] || "$PY" -m venv .venv-np2
+.venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>=2,<3' 'click>=8.1' 'tabulate>=0.9' 'pyyaml>=6'
 rm -f "$VENV"/.ckpt-setup-*
 touch "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2
