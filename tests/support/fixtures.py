@@ -40,6 +40,8 @@ manifest: ``runs`` = {'sgd': run, 'adamw': run}; each run::
     path, work_dir, epoch (1), iter (4), max_epochs, seed, lr (config lr), lr_at_save, weight_decay,
     optimizer ('SGD'|'AdamW'), optimizer_state_keys (['momentum_buffer'] | ['exp_avg', 'exp_avg_sq', 'step']),
     num_optimizer_states, experiment_name_prefix ('toy_sgd' — the saved name gets '_<timestamp>' appended),
+    experiment_name (as saved), mmengine_version_prefix ('0.10.7': mmengine appends the git hash of the cwd's
+    repository to meta.mmengine_version, e.g. '0.10.7' + '3a3940f...'), loss_weights, pipeline,
     top_level_keys (['meta','state_dict','message_hub','optimizer','param_schedulers','ema_state_dict']),
     meta_keys, message_hub_scalar_keys (['train/lr','train/data_time','train/loss',...]),
     message_hub_runtime_info_keys, param_scheduler ('MultiStepLR'), state_dict_keys, summary (see above),
@@ -85,8 +87,9 @@ a graft visibly changes values; ``module.init_weights(seed=layout_seed(name))`` 
                              'state_dict', 'optimizer'}
 
 manifest: ``small`` ({entries: [[key, shape, dtype, kind]...], summary}), ``files`` = {name: {path, format
-('torch-zip'|'torch-legacy'|'safetensors'|'safetensors-sharded'|'dcp'|'pickle'|None), layout ('mmengine'-like
-names: 'state-dict'|'model-dict'|'timm'|'lightning'|'mmcv1'|'unknown'|None), ...}} plus per file:
+('torch-zip'|'torch-legacy'|'safetensors'|'safetensors-sharded'|'dcp'|None), layout (the ``ck.layout`` names of
+``ckpttool.io``: 'wrapped' ({'state_dict', 'meta'} without mmengine markers)|'state-dict'|'model-dict'|'timm'|
+'lightning'|'mmcv1'|None for corrupt files), ...}} plus per file:
 ``prefix`` (ddp/compiled), ``nonfinite`` (nan_inf: {module, keys: {key: {nan, posinf, neginf}}}),
 ``corrupt`` (truncated/empty/random: 'truncated'|'empty'|'random'), ``size``, ``tensor_keys``/``bytes_values``
 (dcp), ``tensors`` / ``shared_storage`` (dtypes_views), ``shards`` (sharded), ``top_level_keys``, ``meta``.
@@ -96,7 +99,8 @@ unpickled for real (the generator only pickles: payload callables are written by
 each payload ``<name>`` in :data:`MALICIOUS_PAYLOADS`: ``<name>.pth`` (torch zip) and ``<name>_legacy.pth`` (torch
 legacy), plus ``plain_pickle.pkl``. Payloads: os_system, posix_system, builtins_eval, builtins_exec,
 subprocess_popen, runpy_run_code, getattr_chain, nested_state_dict, in_meta, in_optimizer.
-manifest: ``files`` = {stem: {path, form ('zip'|'legacy'|'pickle'), payload ('os_system'...), payload_global
+manifest: ``files`` = {stem: {path, form ('zip'|'legacy'|'pickle'), format ('torch-zip'|'torch-legacy'|'pickle'),
+payload ('os_system'...), payload_global
 ('posix.system'...), globals (every non-torch global the payload pickles, e.g. getattr chain:
 ['builtins.getattr', 'builtins.__import__']), sentinel (absolute path), location (where the payload sits, e.g.
 "root['state_dict']['backbone']['layers'][0]['conv']['extra'][1]")}}, ``sentinel_dir``.
@@ -489,9 +493,9 @@ def write_formats(out_dir) -> dict:
     meta = dict(epoch=3, iter=300, note="ckpt fixture formats/")
     # (a) zip, (b) legacy
     torch.save({"state_dict": sd, "meta": meta}, d / "zip.pth")
-    rec("zip", d / "zip.pth", "torch-zip", "mmengine-like", top_level_keys=["state_dict", "meta"], meta=meta)
+    rec("zip", d / "zip.pth", "torch-zip", "wrapped", top_level_keys=["state_dict", "meta"], meta=meta)
     torch_save_legacy({"state_dict": sd, "meta": meta}, d / "legacy.pth")
-    rec("legacy", d / "legacy.pth", "torch-legacy", "mmengine-like", top_level_keys=["state_dict", "meta"],
+    rec("legacy", d / "legacy.pth", "torch-legacy", "wrapped", top_level_keys=["state_dict", "meta"],
         meta=meta)
     # (c) safetensors, (d) sharded
     st = {k: v.clone().contiguous() for k, v in sd.items()}
@@ -525,7 +529,7 @@ def write_formats(out_dir) -> dict:
     b[2] = float("-inf")
     b[9] = float("nan")
     torch.save({"state_dict": bad, "meta": meta}, d / "nan_inf.pth")
-    rec("nan_inf", d / "nan_inf.pth", "torch-zip", "mmengine-like",
+    rec("nan_inf", d / "nan_inf.pth", "torch-zip", "wrapped",
         nonfinite=dict(module="neck", keys={"neck.fc.weight": dict(nan=2, posinf=1, neginf=0),
                                            "neck.fc.bias": dict(nan=1, posinf=0, neginf=1)},
                        finite_modules=["backbone", "head"]))
@@ -548,7 +552,7 @@ def write_formats(out_dir) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save(dcp_state, checkpoint_id=str(d / "dcp"))
-    rec("dcp", d / "dcp", "dcp", "unknown", files=sorted(os.listdir(d / "dcp")),
+    rec("dcp", d / "dcp", "dcp", "model-dict", files=sorted(os.listdir(d / "dcp")),
         tensor_keys=[f"model.{k}" for k in keys], bytes_values={"step": 7, "note": "ckpt dcp fixture"})
     # (j) dtypes and views sharing storage
     g = torch.Generator().manual_seed(77)
@@ -784,7 +788,9 @@ def write_malicious(out_dir, sentinel_dir=None) -> dict:
                 torch.save(obj, path, pickle_module=pm)
             else:
                 torch_save_legacy(obj, path)
-            files[stem] = dict(path=_rel(out_dir, path), form=form, payload=kind, payload_global=pglobal,
+            files[stem] = dict(path=_rel(out_dir, path), form=form,
+                               format="torch-zip" if form == "zip" else "torch-legacy", payload=kind,
+                               payload_global=pglobal,
                                globals=globs, sentinel=sentinel, location=location)
     stem = "plain_pickle"
     sentinel = str(sentinel_dir / f"SENTINEL_{stem}")
@@ -794,7 +800,7 @@ def write_malicious(out_dir, sentinel_dir=None) -> dict:
     buf = io.BytesIO()
     _FixturePickler(buf, protocol=2).dump(obj)
     (d / f"{stem}.pkl").write_bytes(buf.getvalue())
-    files[stem] = dict(path=_rel(out_dir, d / f"{stem}.pkl"), form="pickle", payload="os_system",
+    files[stem] = dict(path=_rel(out_dir, d / f"{stem}.pkl"), form="pickle", format="pickle", payload="os_system",
                        payload_global=pglobal, globals=globs, sentinel=sentinel, location="root[1]['extra']")
     return dict(files=files, sentinel_dir=str(sentinel_dir))
 
@@ -948,6 +954,7 @@ def write_diff(out_dir) -> dict:
         target = d / f"runner_{tag}.pth"
         shutil.copyfile(info.pop("ckpt_abs"), target)
         info["path"] = _rel(out_dir, target)
+        info["work_dir"] = _rel(out_dir, wd)  # the cfg's work_dir; removed after both runs
         runs[tag] = info
     shutil.rmtree(wd)
     cfg_diff = {
@@ -1038,6 +1045,7 @@ def _run_runner(cfg: dict) -> dict:
             weight_decay=opt_cfg["weight_decay"], optimizer=opt_cfg["type"],
             optimizer_state_keys=f["optimizer_state_keys"], num_optimizer_states=f["num_optimizer_states"],
             experiment_name_prefix=cfg["experiment_name"], experiment_name=f["experiment_name"],
+            mmengine_version_prefix=_version("mmengine"),
             top_level_keys=f["top_level_keys"], meta_keys=f["meta_keys"],
             message_hub_scalar_keys=f["message_hub_scalar_keys"],
             message_hub_runtime_info_keys=f["message_hub_runtime_info_keys"],
