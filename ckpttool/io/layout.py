@@ -66,7 +66,8 @@ def count_tensors(obj, _depth=0) -> tuple[int, int]:
 
 def recognise(root) -> Layout:
     if not isinstance(root, dict):
-        return Layout("unknown", None, notes=[f"the file holds a {type(root).__name__}, not a dict"])
+        what = f"<{root.qualname}>" if isinstance(root, Inert) else f"a {type(root).__name__}"
+        return Layout("unknown", None, notes=[f"the file holds {what}, not a dict"])
     meta = root.get("meta") if isinstance(root.get("meta"), dict) else None
     if meta is not None and ("mmengine_version" in meta or "message_hub" in root or "param_schedulers" in root):
         return Layout("mmengine", _weights_key(root, "state_dict"), plain(meta))

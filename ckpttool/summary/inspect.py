@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from ckpttool.io import load
+from ckpttool.errors import CkptError
+from ckpttool.io import StateDict, load
 from ckpttool.summary import training
 from ckpttool.summary.stats import Moments, tensor_moments
 from ckpttool.summary.tree import default_depth, filter_keys, module_of, module_rows
@@ -17,7 +18,14 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
             on_tensor=None) -> dict:
     """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object)."""
     ck = load(path, trust=trust)
-    sd = ck.state_dict(section)
+    notes = list(ck.layout.notes)
+    try:
+        sd = ck.state_dict(section)
+    except CkptError:
+        if section is not None:
+            raise
+        sd = StateDict()
+        notes.append("no tensors found in the file")
     shown = filter_keys(sd, filter)
     depth = depth if depth is not None else default_depth(sd.keys())
     modules = module_rows(shown, depth)
@@ -34,7 +42,7 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
         "scalars": training.last_scalars(root.get("message_hub")),
         "ema": training.ema_summary(root, ck.layout.kind),
         "foreign_globals": ck.foreign_globals, "suspicious_globals": ck.suspicious_globals,
-        "notes": list(ck.layout.notes),
+        "notes": notes,
     }
     if sd.stripped_prefix:
         result["notes"].append(f"prefix {sd.stripped_prefix!r} stripped (every key had it)")

@@ -1,0 +1,75 @@
+"""Malicious pickles are listed by inspect, refused by everything else, and never run (sentinels stay absent)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+
+import pytest
+from click.testing import CliRunner
+
+from ckpttool.cli.main import cli
+from ckpttool.errors import UnsafeError
+from ckpttool.io import load, load_pickle
+
+
+def _malicious(manifest):
+    return sorted(manifest["malicious"]["files"].items())
+
+
+def test_corpus_covers_the_payload_styles(manifest):
+    payloads = {f["payload_global"] for _, f in _malicious(manifest)}
+    assert {"os.system", "posix.system", "builtins.eval", "builtins.exec", "subprocess.Popen"} <= payloads
+    forms = {f["form"] for _, f in _malicious(manifest)}
+    assert {"zip", "legacy"} <= forms
+
+
+def test_every_payload_is_flagged_and_never_runs(fixtures_dir, manifest):
+    runner = CliRunner()
+    for name, info in _malicious(manifest):
+        path = str(fixtures_dir / info["path"])
+        ck = load(path)
+        assert info["payload_global"] in ck.suspicious_globals or \
+            set(info["globals"]) & set(ck.suspicious_globals), name
+        with pytest.raises(UnsafeError):
+            load_pickle(path)
+        listed = runner.invoke(cli, ["inspect", path, "--format", "json"])
+        assert listed.exit_code == 0, (name, listed.output)
+        assert json.loads(listed.stdout)["suspicious_globals"] == ck.suspicious_globals
+        assert "nothing was executed" in listed.stderr
+        assert not os.path.exists(info["sentinel"]), f"{name}: payload ran"
+
+
+def test_inspect_table_shows_a_danger_line(fixtures_dir, manifest):
+    info = manifest["malicious"]["files"]["subprocess_popen"]
+    out = CliRunner().invoke(cli, ["inspect", str(fixtures_dir / info["path"])])
+    assert out.exit_code == 0 and "DANGER" in out.stdout and "subprocess.Popen" in out.stdout
+
+
+def test_genuine_runner_checkpoints_raise_no_alarm(fixtures_dir, manifest):
+    for run in manifest["mmengine"]["runs"].values():
+        ck = load(fixtures_dir / run["path"])
+        assert ck.suspicious_globals == []
+        ck.require_safe()
+
+
+def _pickle_with_getattr(attr: str) -> bytes:
+    """getattr(mmengine HistoryBuffer, attr) as protocol-2 opcodes, the way HistoryBuffer pickles its methods."""
+    return (b"\x80\x02c__builtin__\ngetattr\ncmmengine.logging.history_buffer\nHistoryBuffer\n"
+            + b"X" + len(attr).to_bytes(4, "little") + attr.encode() + b"\x86R.")
+
+
+def test_getattr_is_benign_only_for_public_methods_of_known_classes(tmp_path):
+    good, bad = tmp_path / "good.pkl", tmp_path / "bad.pkl"
+    good.write_bytes(_pickle_with_getattr("min"))
+    bad.write_bytes(_pickle_with_getattr("__init__"))
+    assert load(good).suspicious_globals == []
+    assert load(bad).suspicious_globals == ["__builtin__.getattr"]
+
+
+def test_trust_is_the_only_door_and_really_unpickles(fixtures_dir, manifest):
+    path = fixtures_dir / manifest["formats"]["files"]["zip"]["path"]
+    safe, trusted = load(path).state_dict(), load(path, trust=True).state_dict()
+    assert list(safe) == list(trusted)
+    assert all((safe[k].raw() == trusted[k].raw()).all() for k in safe)
