@@ -1,0 +1,1 @@
+"""Checkpoint surgery: module tree, diff, graft, average. Submodules import torch only inside functions."""

@@ -1,0 +1,155 @@
+"""The target of a graft: the new architecture, as an mmengine config, a Python factory or a template checkpoint.
+
+A target knows its keys with shapes and dtypes (in the model's order), the value each key starts from (the
+model's own initialisation, or the template's tensor), and how to prove that a state dict loads into it strictly.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections import OrderedDict
+
+from ckpttool.errors import CkptError
+
+FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+class ModuleTarget:
+    """An nn.Module built by a config or factory (or handed in by a Python caller)."""
+
+    def __init__(self, model, kind: str, spec: str, cfg_options=None):
+        self.model, self.kind, self.spec, self.cfg_options = model, kind, spec, cfg_options
+        self.state = OrderedDict((k, v.detach()) for k, v in model.state_dict().items())
+        self.entries = OrderedDict((k, (tuple(v.shape), str(v.dtype).removeprefix("torch.")))
+                                   for k, v in self.state.items())
+
+    def initial(self, key):
+        return self.state[key].clone()
+
+    def check_strict(self, sd) -> None:
+        from ckpttool.integrations.openmmlab import load_state_dict_into
+
+        try:
+            load_state_dict_into(self.model, sd, strict=True)
+        except RuntimeError as exc:  # the module's own load hooks refused (error_msgs)
+            raise CkptError(str(exc).strip().splitlines()[-1].strip()) from None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "spec": self.spec, "class": type(self.model).__name__,
+                "cfg_options": self.cfg_options or None, **_counts(self.entries)}
+
+
+class TemplateTarget:
+    """A checkpoint whose state dict defines the target keys and their initial values (opened with our reader)."""
+
+    def __init__(self, path: str, section: str | None = None):
+        from ckpttool.io import load
+
+        ck = load(path)
+        ck.require_safe()
+        self.kind, self.spec, self.path = "template", path, ck.path
+        self.sd = ck.state_dict(section)
+        self.entries = OrderedDict((k, (tuple(t.shape), t.dtype)) for k, t in self.sd.items())
+
+    def initial(self, key):
+        return self.sd[key]
+
+    def check_strict(self, sd) -> None:
+        missing = [k for k in self.entries if k not in sd]
+        unexpected = [k for k in sd if k not in self.entries]
+        wrong = [k for k, (shape, _) in self.entries.items() if k in sd and tuple(sd[k].shape) != shape]
+        if missing or unexpected or wrong:
+            first = (missing or unexpected or wrong)[0]
+            raise CkptError(f"does not match the template: {len(missing)} missing, {len(unexpected)} unexpected, "
+                            f"{len(wrong)} of another shape (first: {first})")
+
+    def describe(self) -> dict:
+        return {"kind": "template", "spec": self.spec, "stripped_prefix": self.sd.stripped_prefix,
+                **_counts(self.entries)}
+
+
+def _counts(entries) -> dict:
+    params = 0
+    for shape, _ in entries.values():
+        n = 1
+        for s in shape:
+            n *= s
+        params += n
+    return {"tensors": len(entries), "params": params}
+
+
+def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | None = None):
+    """A target from an nn.Module, a config path (`.py`), an existing checkpoint, or `package.module:function`."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return _module_target(lambda: spec, "module", type(spec).__name__, seed, init=False)
+    text = os.fspath(spec)
+    if cfg_options and not text.endswith(".py"):
+        raise CkptError("--cfg-options needs a config (.py) as --into")
+    if text.endswith(".py"):
+        return _config_target(text, cfg_options, seed)
+    if os.path.exists(text):
+        return TemplateTarget(text, section)
+    if FACTORY.fullmatch(text):
+        return _module_target(lambda: _call_factory(text), "factory", text, seed, init=True)
+    raise CkptError(f"target {text!r} is not a config (.py), an existing checkpoint, or a factory "
+                    "package.module:function")
+
+
+def _config_target(path: str, cfg_options, seed):
+    from ckpttool.integrations.openmmlab import build_model, load_config
+
+    cfg = load_config(path, cfg_options)  # CkptError when missing or unreadable
+    target = _module_target(lambda: build_model(cfg), "config", path, seed, init=False)
+    target.cfg_options = list(cfg_options) if cfg_options and not isinstance(cfg_options, dict) else cfg_options
+    return target
+
+
+def _module_target(make, kind, spec, seed, init):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = make()
+        if not isinstance(model, torch.nn.Module):
+            raise CkptError(f"target {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+        if init:
+            _init_weights(model)
+    return ModuleTarget(model, kind, spec)
+
+
+def _init_weights(model) -> None:
+    """mmengine models start from `init_weights()`; a plain nn.Module is initialised by its constructor."""
+    try:
+        from mmengine.model import BaseModule
+    except ImportError:
+        return
+    if isinstance(model, BaseModule) and not getattr(model, "is_init", False):
+        from ckpttool.integrations.openmmlab import quiet_mmengine_logs
+
+        with quiet_mmengine_logs():
+            model.init_weights()
+
+
+def _call_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:  # like `python -m`, let a factory in the working directory be found
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CkptError(f"cannot import the factory module {module_name!r}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise CkptError(f"{module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise CkptError(f"{spec} is not callable")
+    return fn()
