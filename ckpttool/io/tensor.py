@@ -40,6 +40,20 @@ class MappedFile:
                     self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=offset)
 
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop this process's mapping of the pages covering [offset, offset+nbytes) (MADV_DONTNEED). The data stays
+        in the page cache and is faulted back in if read again; streaming readers call this to keep RSS bounded."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if self._mm is None or advice is None or nbytes <= 0:
+            return
+        start = max(offset, 0) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = min(offset + nbytes, self.size)
+        if stop > start:
+            try:
+                self._mm.madvise(advice, start, stop - start)
+            except (OSError, ValueError):
+                pass
+
     def close(self):
         if self._mm is not None:
             try:
@@ -157,6 +171,18 @@ class TensorRef:
         if arr.flags.writeable:
             arr.flags.writeable = False
         return arr
+
+    def release(self, start: int = 0, stop: int | None = None) -> None:
+        """Let the OS drop the mapped pages behind elements [start, stop) of this tensor (all of it by default) from
+        this process's memory; values read later are faulted back in from the page cache. No-op in memory."""
+        f = self.storage.file
+        if f is None or self._tensor is not None or self.numel == 0:
+            return
+        stop = self.numel if stop is None else min(stop, self.numel)
+        if not self.is_contiguous():
+            start, stop = 0, 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
+        size = self.itemsize
+        f.release(self.storage.offset + (self.offset + start) * size, (stop - start) * size)
 
     def numpy(self):
         """Values as a read-only ndarray; bfloat16 becomes float32 (a copy), everything else is a view."""

@@ -1,0 +1,122 @@
+"""ckpt diff A B — keys, shapes, dtypes, values, meta and training configs of two checkpoints."""
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.report.output import Table, fmt_num, human_bytes
+
+SHOW = 20  # rows of a key list in the text formats (json lists all)
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the ranking (default: as inspect).")
+@click.option("--map", "maps", cls=MultiOption, metavar="REGEX=REPL",
+              help="Rename B's keys before comparing (re.sub, applied in order; repeatable).")
+@click.option("--atol", type=float, default=0.0, show_default=True, help="Values equal when |b-a| <= atol + rtol*|a|.")
+@click.option("--rtol", type=float, default=0.0, show_default=True)
+@click.option("--section", metavar="NAME", help="Compare this section of both (ema_state_dict, state_dict…).")
+@click.option("--section-a", metavar="NAME", help="Section of A (default: its weights).")
+@click.option("--section-b", metavar="NAME", help="Section of B (default: its weights).")
+@click.option("--config", is_flag=True, help="Also compare the embedded training configs and optimizer groups.")
+@click.option("--config-a", metavar="FILE", help="A's config as a file (.py/.json/.yaml); implies --config.")
+@click.option("--config-b", metavar="FILE", help="B's config as a file; implies --config.")
+@click.option("--fail-on", metavar="KINDS", help="Exit 1 when one of these differs: keys,shapes,dtypes,values,"
+                                                  "nonfinite,config (comma-separated).")
+@click.option("--keys", is_flag=True, help="List every changed tensor (default: the top 10).")
+@output_options
+def diff_cmd(a, b, depth, maps, atol, rtol, section, section_a, section_b, config, config_a, config_b, fail_on,
+             keys, fmt):
+    """Compare checkpoint A with B: keys only in one, shape and dtype mismatches, value changes per tensor and per
+    module (ranked by relative L2 change; NaN/Inf appearing in B first), meta, and with --config the training
+    configs (meta.cfg, read without running it) plus the optimizer's lr / weight decay / momentum."""
+    from ckpttool.surgery.diff import diff, failures, parse_fail_on
+
+    kinds = parse_fail_on(fail_on)
+    result = diff(a, b, depth=depth, section_a=section_a or section, section_b=section_b or section, maps=maps,
+                  atol=atol, rtol=rtol, config=config or "config" in kinds, config_a=config_a, config_b=config_b)
+    finish(result, tables(result, keys), fmt, failures(result, kinds))
+
+
+def tables(r: dict, all_keys: bool = False) -> list[Table]:
+    out = [Table(["", "A", "B"], header_rows(r), notes=[f"note: {n}" for n in r["notes"]]),
+           Table(["structure", "count", "keys"], structure_rows(r), title="Structure")]
+    for name, title in (("shape_mismatch", "Shape mismatches"), ("dtype_mismatch", "Dtype mismatches")):
+        if r[name]:
+            rows = [[m["key"], _short(m["a"]), _short(m["b"])] for m in r[name][:SHOW]]
+            out.append(Table(["key", "A", "B"], rows, title=title, notes=_more(r[name])))
+    mrows = [[m["name"], m["tensors"], m["changed"], fmt_num(m["rel_l2"]), fmt_num(m["max_abs"]),
+              fmt_num(m["cosine"], 6), _nonfinite(m)] for m in r["modules"]]
+    out.append(Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], mrows,
+                     title=f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖", primary=True))
+    changed = r["changed_tensors"] if all_keys else r["changed_tensors"][:10]
+    if changed:
+        trows = [[t["key"], fmt_num(t["rel_l2"]), fmt_num(t["max_abs"]), fmt_num(t["cosine"], 6), _nonfinite(t)]
+                 for t in changed]
+        more = len(r["changed_tensors"]) - len(changed)
+        out.append(Table(["tensor", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], trows,
+                         title="Changed tensors", notes=[f"… {more} more (--keys lists all)"] if more else []))
+    if "config" in r:
+        crows = [[c["key"], _value(c["a"], c["change"] == "added"), _value(c["b"], c["change"] == "removed")]
+                 for c in r["config"]]
+        out.append(Table(["config key", "A", "B"], crows, title="Config differences"))
+    return out
+
+
+def header_rows(r: dict) -> list[list]:
+    a, b = r["a"], r["b"]
+    rows = [["path", a["path"], b["path"]], ["format", a["format"], b["format"]], ["layout", a["layout"], b["layout"]]]
+    rows.append(["weights", _weights(a), _weights(b)])
+    if b["map"]:
+        rows.append(["--map", "", "; ".join(b["map"])])
+    meta = r["meta"]
+    for key in meta["changed"]:
+        rows.append([key, _value(meta["a"].get(key), key not in meta["a"]),
+                     _value(meta["b"].get(key), key not in meta["b"])])
+    return rows
+
+
+def _weights(side: dict) -> str:
+    return f"{side['section'] or '(root)'}: {side['tensors']} tensors, {human_bytes(side['bytes'])}" + \
+        (f" (prefix {side['stripped_prefix']!r} stripped)" if side["stripped_prefix"] else "")
+
+
+def structure_rows(r: dict) -> list[list]:
+    nf = r["nonfinite_in_b"]
+    return [
+        ["only in A", len(r["only_in_a"]), _keys(r["only_in_a"])],
+        ["only in B", len(r["only_in_b"]), _keys(r["only_in_b"])],
+        ["shape mismatch", len(r["shape_mismatch"]), _keys([m["key"] for m in r["shape_mismatch"]])],
+        ["dtype mismatch", len(r["dtype_mismatch"]), _keys([m["key"] for m in r["dtype_mismatch"]])],
+        ["values compared", r["compared"], ""],
+        ["identical", r["identical_tensors"], f"|b-a| <= {r['atol']:g} + {r['rtol']:g}*|a|"],
+        ["changed", len(r["changed_tensors"]), _keys([t["key"] for t in r["changed_tensors"]])],
+        ["NaN/Inf in B", len(nf), _keys([t["key"] for t in nf])],
+    ]
+
+
+def _keys(keys: list, n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" … (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def _more(items: list) -> list[str]:
+    return [f"… {len(items) - SHOW} more (--format json lists all)"] if len(items) > SHOW else []
+
+
+def _short(v) -> str:
+    return "x".join(map(str, v)) or "scalar" if isinstance(v, list) else str(v)
+
+
+def _value(v, missing: bool = False) -> str:
+    if missing:
+        return "-"
+    if isinstance(v, float):
+        return fmt_num(v, 6)
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _nonfinite(row: dict) -> str:
+    nan, inf = row.get("nan_b", row.get("nan", 0)), row.get("inf_b", row.get("inf", 0))
+    return "" if not (nan or inf) else f"{nan} NaN, {inf} Inf"
