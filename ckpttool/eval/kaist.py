@@ -1,0 +1,352 @@
+"""KAIST pedestrian detection: log-average miss rate (MR^-2), recall and AP@0.5, vectorised with numpy.
+
+``evaluate_kaist(preds, ann, protocol="mlpd", setup="Reasonable") -> dict`` is the entry point.
+
+Matching (both protocols, as in the MLPD script and the Matlab toolbox's ``bbGt('evalRes')``): per image,
+detections by descending score (stable), each takes the unmatched non-ignored GT of highest IoU >= 0.5 (the last
+one on ties), else the first ignored GT with intersection/detection-area >= 0.5 (ignored GTs are never used up);
+detections matched to ignored GTs are dropped. At most 1000 detections per image are used.
+
+``mlpd`` reproduces the widely used Python script: FPPI points rounded to 4 decimals; images without any detection
+are skipped (their GTs are not counted); a match to the GT whose id is 0 is a false positive; an FPPI point below
+the first false positive takes the final recall. ``matlab`` follows the original toolbox: FPPI points
+10^(-2:0.25:0), every image counts, recall 0 below the first point of the curve. The script requires detections
+sorted by score within each image; this module sorts them, so unsorted files give the numbers the script gives
+on the sorted file.
+
+AP@0.5 follows mmdetection's ``VOCMetric``/``eval_map`` (legacy +1 pixel boxes in float32, ignored GTs as
+``bboxes_ignore``, ``11points`` and ``area`` modes).
+
+The greedy matching is done in rounds over the detections' rank within their image (round r handles every
+image's r-th detection at once), so the Python loop runs max-detections-per-image times, not once per image.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ckpttool.errors import CkptError
+from ckpttool.eval.kaist_io import Annotations, Detections, load_annotations, load_detections
+
+SETUPS = {  # name -> (height range, occlusion levels), from the MLPD script's KAISTParams
+    "Reasonable": ((55, 1e5 ** 2), (0, 1)),
+    "Reasonable_small": ((50, 75), (0, 1)),
+    "Reasonable_occ=heavy": ((50, 1e5 ** 2), (2,)),
+    "All": ((20, 1e5 ** 2), (0, 1, 2)),
+}
+BOUNDS = (5, 5, 635, 507)
+FPPI_MLPD = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000])
+FPPI_MATLAB = 10.0 ** np.arange(-2, 0.25, 0.25)
+MAX_DETS = 1000
+SUBSETS = ("all", "day", "night")
+PROTOCOLS = ("mlpd", "matlab")
+
+
+def gt_ignored(ann: Annotations, setup: str) -> np.ndarray:
+    """The 'ignore' flag of every GT under a setup (Reasonable: height < 55, heavy occlusion, near the border)."""
+    if setup not in SETUPS:
+        raise CkptError(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
+    (h0, h1), occ = SETUPS[setup]
+    x, y, w, h = ann.gt_box.T
+    return (ann.gt_ignore | (ann.gt_height < h0) | (ann.gt_height > h1) | ~np.isin(ann.gt_occ, occ)
+            | (x < BOUNDS[0]) | (y < BOUNDS[1]) | (x + w > BOUNDS[2]) | (y + h > BOUNDS[3]))
+
+
+class _Layout:
+    """Detections ranked by score within their image, and every (detection, GT of the same image) pair."""
+
+    def __init__(self, ann: Annotations, det: Detections):
+        n_img = len(ann.image_ids)
+        order = np.lexsort((-det.score, det.img))          # by image, then score descending (stable)
+        rank = np.empty(len(order), dtype=np.int64)
+        starts = np.searchsorted(det.img[order], np.arange(n_img))
+        rank[order] = np.arange(len(order)) - starts[det.img[order]]
+        keep = np.flatnonzero(rank < MAX_DETS)
+        self.file_index = keep
+        self.det_img, self.rank = det.img[keep], rank[keep]
+        self.box, self.score = det.box[keep], det.score[keep]
+        self.images_with_dets = np.bincount(self.det_img, minlength=n_img) > 0
+        self.score_order = np.lexsort((self.rank, self.det_img, -self.score))   # the scripts' global order
+        # GTs grouped by image, in annotation order; slot = position inside the image
+        self.gt_order = np.argsort(ann.gt_img, kind="stable")
+        counts = np.bincount(ann.gt_img, minlength=n_img)
+        self.gt_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        n_pairs = counts[self.det_img]
+        pair_det = np.repeat(np.arange(len(keep)), n_pairs)
+        first = np.concatenate([[0], np.cumsum(n_pairs)[:-1]])
+        pair_slot = np.arange(len(pair_det)) - np.repeat(first, n_pairs)
+        pair_gt = self.gt_order[self.gt_start[self.det_img[pair_det]] + pair_slot]
+        dx, dy, dw, dh = (c[pair_det] for c in self.box.T)
+        gx, gy, gw, gh = (c[pair_gt] for c in ann.gt_box.T)
+        uw = np.minimum(dx + dw, gx + gw) - np.maximum(dx, gx)
+        uh = np.minimum(dy + dh, gy + gh) - np.maximum(dy, gy)
+        # only pairs that (nearly) touch can reach an overlap of 0.5; -2 leaves room for VOC's +1 pixel boxes
+        near = np.flatnonzero((uw > -2) & (uh > -2))
+        self.pair_det, self.pair_slot, self.pair_gt = pair_det[near], pair_slot[near], pair_gt[near]
+        uw, uh, dw, dh, gw, gh = uw[near], uh[near], dw[near], dh[near], gw[near], gh[near]
+        # float64, the MLPD script's arithmetic: IoU, and intersection / detection area for ignored GTs
+        pos = (uw > 0) & (uh > 0)
+        inter = np.where(pos, uw * uh, 0.0)
+        darea = dw * dh
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.iou = np.where(pos, inter / (darea + gw * gh - inter), 0.0)
+            self.ioa = np.where(pos, inter / darea, 0.0)
+
+
+def _count_unsorted(det: Detections) -> int:
+    """Images whose detections are not in descending score order in the file."""
+    order = np.argsort(det.img, kind="stable")
+    img, s = det.img[order], det.score[order]
+    rising = (np.diff(img) == 0) & (np.diff(s) > 0)
+    return len(np.unique(img[1:][rising]))
+
+
+def match(lay: _Layout, ignored: np.ndarray):
+    """Greedy matching. Returns (gt index per detection or -1, matched-to-ignored flag per detection).
+
+    Only pairs with overlap >= 0.5 can match, so only they take part; round r handles the r-th such detection of
+    every image at once (detections of different images never compete)."""
+    n_det = len(lay.rank)
+    gt = np.full(n_det, -1, dtype=np.int64)
+    on_ignored = np.zeros(n_det, dtype=bool)
+    ign = ignored[lay.pair_gt]
+    over = np.where(ign, lay.ioa, lay.iou)
+    live = np.flatnonzero(over >= 0.5)
+    if not len(live):
+        return gt, on_ignored
+    det = lay.pair_det[live]
+    # dets taking part, renumbered by their order inside the image
+    dets = np.unique(det)
+    order = dets[np.lexsort((lay.rank[dets], lay.det_img[dets]))]
+    img = lay.det_img[order]
+    round_of = np.empty(n_det, dtype=np.int64)
+    round_of[order] = np.arange(len(order)) - np.searchsorted(img, img)
+    p = live[np.lexsort((lay.pair_slot[live], det, round_of[det]))]   # by round, detection, slot
+    p_det, p_gt, p_ign, p_over = lay.pair_det[p], lay.pair_gt[p], ign[p], over[p]
+    p_round = round_of[p_det]
+    bounds = np.searchsorted(p_round, np.arange(p_round[-1] + 2))
+    seg_start = np.flatnonzero(np.concatenate(([True], p_det[1:] != p_det[:-1])))   # one segment per detection
+    seg_of = np.cumsum(np.concatenate(([False], p_det[1:] != p_det[:-1])))
+    seg_bounds = np.searchsorted(seg_start, bounds)
+    pos = np.arange(len(p))
+    used = np.zeros(len(ignored), dtype=bool)
+    for r in range(len(bounds) - 1):
+        a, b = bounds[r], bounds[r + 1]
+        g, ig, ov, idx = p_gt[a:b], p_ign[a:b], p_over[a:b], pos[a:b]
+        seg = seg_start[seg_bounds[r]:seg_bounds[r + 1]]
+        d = p_det[seg]
+        cand = ~ig & ~used[g]
+        val = np.where(cand, ov, -1.0)
+        best = np.maximum.reduceat(val, seg - a)
+        last = np.maximum.reduceat(np.where(cand & (val == best[seg_of[a:b] - seg_bounds[r]]), idx, -1), seg - a)
+        first_ign = np.minimum.reduceat(np.where(ig, idx, b), seg - a)
+        to_ign = (last < 0) & (first_ign < b)   # no regular GT left: the first ignored one
+        pick = np.where(to_ign, first_ign, last)
+        hit = pick >= 0
+        gt[d[hit]] = p_gt[pick[hit]]
+        on_ignored[d[to_ign]] = True
+        used[p_gt[pick[hit & ~to_ign]]] = True
+    return gt, on_ignored
+
+
+def _miss_rates(lay, ann, gt, on_ign, ignored, subset_mask, protocol):
+    """(MR, final recall, curve fppi, curve miss rate) for the images in subset_mask under a protocol."""
+    n_images = int(subset_mask.sum())
+    sel = subset_mask[lay.det_img] & ~on_ign
+    regular_gt = ~ignored & subset_mask[ann.gt_img]
+    if protocol == "mlpd":
+        regular_gt &= lay.images_with_dets[ann.gt_img]
+        tp = sel & (gt >= 0)
+        tp[tp] = ann.gt_id[gt[tp]] != 0
+    else:
+        tp = sel & (gt >= 0)
+    npig = int(regular_gt.sum())
+    if npig == 0 or not (subset_mask[lay.det_img]).any():
+        return None, None, np.zeros(0), np.zeros(0)
+    order = lay.score_order[sel[lay.score_order]]
+    tps = tp[order]
+    tp_sum = np.cumsum(tps).astype(np.float64)
+    fp_sum = np.cumsum(~tps).astype(np.float64)
+    fppi = fp_sum / n_images
+    recall = tp_sum / npig
+    if protocol == "mlpd":
+        at = np.searchsorted(fppi, FPPI_MLPD, side="right") - 1
+        q = recall[at] if len(recall) else np.zeros(len(FPPI_MLPD))
+        with np.errstate(divide="ignore"):
+            mr = float(np.exp(np.mean(np.log(1 - q))))
+        final = float(1 - (1 - recall[-1])) if len(recall) else 0.0
+    else:
+        at = np.searchsorted(fppi, FPPI_MATLAB, side="right") - 1
+        q = np.where(at >= 0, recall[np.maximum(at, 0)] if len(recall) else 0.0, 0.0)
+        mr = float(np.exp(np.mean(np.log(np.maximum(1e-10, 1 - q)))))
+        final = float(tp_sum[-1] / npig) if len(recall) else 0.0
+    return mr, final, fppi, 1 - recall
+
+
+def voc_tpfp(lay, ann, ignored):
+    """True/false positives per detection as mmdetection's ``tpfp_default`` with ``use_legacy_coordinate=True``.
+
+    Returns (rows, tp, fp, score): detections ordered by image then file order (eval_map's input order)."""
+    f32 = np.float32
+    n_det = len(lay.rank)
+    dx, dy, dw, dh = (c[lay.pair_det] for c in lay.box.T)
+    gx, gy, gw, gh = (c[lay.pair_gt] for c in ann.gt_box.T)
+    dx1, dy1, dx2, dy2 = dx.astype(f32), dy.astype(f32), (dx + dw).astype(f32), (dy + dh).astype(f32)
+    gx1, gy1, gx2, gy2 = gx.astype(f32), gy.astype(f32), (gx + gw).astype(f32), (gy + gh).astype(f32)
+    area_d = (dx2 - dx1 + 1.0) * (dy2 - dy1 + 1.0)
+    area_g = (gx2 - gx1 + 1.0) * (gy2 - gy1 + 1.0)
+    ov = np.maximum(np.minimum(dx2, gx2) - np.maximum(dx1, gx1) + 1.0, 0) \
+        * np.maximum(np.minimum(dy2, gy2) - np.maximum(dy1, gy1) + 1.0, 0)
+    iou = ov / np.maximum(area_d + area_g - ov, 1e-6)
+    # a detection hits when its best IoU is >= 0.5; the best is then among these pairs. eval_map stacks the
+    # regular GTs before the ignored ones and takes the first maximum.
+    live = np.flatnonzero(iou >= 0.5)
+    ign = ignored[lay.pair_gt[live]]
+    live = live[np.lexsort((lay.pair_slot[live], ign, -iou[live], lay.pair_det[live]))]
+    ign = ignored[lay.pair_gt[live]]
+    first = np.r_[True, lay.pair_det[live][1:] != lay.pair_det[live][:-1]]
+    best, best_ign = live[first], ign[first]
+    target = np.full(n_det, -1, dtype=np.int64)
+    target[lay.pair_det[best[~best_ign]]] = lay.pair_gt[best[~best_ign]]
+    to_ign = np.zeros(n_det, dtype=bool)
+    to_ign[lay.pair_det[best[best_ign]]] = True
+    rows = np.lexsort((lay.file_index, lay.det_img))
+    score = lay.score[rows].astype(f32)
+    target, to_ign = target[rows], to_ign[rows]
+    proc = _processing_order(lay.det_img[rows], score, target, target >= 0)
+    cand = proc[(target >= 0)[proc]]
+    _, first_hit = np.unique(target[cand], return_index=True)
+    tp = np.zeros(len(rows), dtype=f32)
+    tp[cand[first_hit]] = 1
+    fp = (~to_ign).astype(f32) - tp
+    return rows, tp, fp, score
+
+
+def _processing_order(img, score, gti, cand):
+    """Order in which tpfp_default visits detections: image by image, ``np.argsort(-score)`` inside each.
+
+    A stable sort gives the same true positives unless two detections of one image tie on score for the same GT;
+    only such images are sorted again with numpy's own (unstable) argsort, as mmdetection does."""
+    order = np.lexsort((-score, img))
+    c = order[cand[order]]
+    c = c[np.lexsort((-score[c], gti[c]))]
+    tie = (np.diff(gti[c]) == 0) & (np.diff(score[c]) == 0)
+    starts = np.searchsorted(img, np.arange(img.max(initial=-1) + 2))
+    for t in np.unique(img[c[1:][tie]]):
+        a, b = starts[t], starts[t + 1]
+        order[a:b] = a + np.argsort(-score[a:b])
+    return order
+
+
+def average_precision(tpfp, lay, ann, ignored, subset_mask):
+    """AP@0.5 over the images in subset_mask as mmdetection's eval_map: {'11points': .., 'area': ..}."""
+    rows, tp, fp, score = tpfp
+    keep = subset_mask[lay.det_img[rows]]
+    num_gts = np.array([int((~ignored & subset_mask[ann.gt_img]).sum())])
+    if num_gts[0] == 0:
+        return {"11points": 0.0, "area": 0.0}
+    sort_inds = np.argsort(-score[keep])
+    tp, fp = np.cumsum(tp[keep][sort_inds]), np.cumsum(fp[keep][sort_inds])
+    eps = np.finfo(np.float32).eps
+    recalls = (tp[None] / np.maximum(num_gts[:, np.newaxis], eps))[0]
+    precisions = tp / np.maximum((tp + fp), eps)
+    return {"11points": _ap_11(recalls, precisions), "area": _ap_area(recalls, precisions)}
+
+
+def _ap_area(recalls, precisions):
+    zeros, ones = np.zeros(1, recalls.dtype), np.ones(1, recalls.dtype)
+    mrec = np.hstack((zeros, recalls, ones))
+    mpre = np.hstack((zeros, precisions, zeros))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    ind = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.float32(np.sum((mrec[ind + 1] - mrec[ind]) * mpre[ind + 1])))
+
+
+def _ap_11(recalls, precisions):
+    ap = np.zeros(1, dtype=np.float32)
+    for thr in np.arange(0, 1 + 1e-3, 0.1):
+        precs = precisions[recalls >= thr]
+        ap[0] += precs.max() if precs.size > 0 else 0
+    ap /= 11
+    return float(ap[0])
+
+
+def evaluate_detections(ann: Annotations, det: Detections, setup: str = "Reasonable",
+                        curves: bool = False) -> dict:
+    """One method's row: MR/recall/AP per subset under both protocols (fractions of 1 inside, % outside)."""
+    lay = _Layout(ann, det)
+    ignored = gt_ignored(ann, setup)
+    gt, on_ign = match(lay, ignored)
+    masks = {"all": np.ones(len(ann.image_ids), bool), "day": ann.day, "night": ~ann.day}
+    out = {"name": det.name, "file": det.path, "detections": int(len(det.score)),
+           "protocols": {}, "AP50": {}, "AP50_area": {}}
+    curve = {}
+    for proto in PROTOCOLS:
+        mr, rec = {}, {}
+        for sub, mask in masks.items():
+            m, r, fppi, miss = _miss_rates(lay, ann, gt, on_ign, ignored, mask, proto)
+            mr[sub], rec[sub] = _pct(m), _pct(r)
+            if proto == "mlpd" and curves:
+                curve[sub] = {"fppi": fppi, "miss_rate": miss}
+        out["protocols"][proto] = {"MR": mr, "recall": rec}
+    tpfp = voc_tpfp(lay, ann, ignored)
+    for sub, mask in masks.items():
+        ap = average_precision(tpfp, lay, ann, ignored, mask)
+        out["AP50"][sub], out["AP50_area"][sub] = _pct(ap["11points"]), _pct(ap["area"])
+    no_det = ~lay.images_with_dets
+    lost = ~ignored & no_det[ann.gt_img]
+    out["images_without_detections"] = int(no_det.sum())
+    out["gts_in_images_without_detections"] = int(lost.sum())
+    out["gt_id0_matches"] = int(np.count_nonzero((gt >= 0) & ~on_ign & (ann.gt_id[np.maximum(gt, 0)] == 0)))
+    out["unsorted_images"] = _count_unsorted(det)
+    if curves:
+        out["curves"] = curve
+    return out
+
+
+def _pct(x):
+    return None if x is None else 100.0 * x
+
+
+def explain(row: dict, threshold: float = 0.5) -> list[str]:
+    """Why mlpd and matlab differ by more than `threshold` MR points, one sentence per subset."""
+    notes = []
+    a, b = row["protocols"]["mlpd"]["MR"], row["protocols"]["matlab"]["MR"]
+    for sub in SUBSETS:
+        if a[sub] is None or b[sub] is None or abs(a[sub] - b[sub]) <= threshold:
+            continue
+        why = []
+        if row["gts_in_images_without_detections"]:
+            why.append(f"{row['images_without_detections']} images have no detection: their "
+                       f"{row['gts_in_images_without_detections']} GTs are not counted under mlpd")
+        if row["gt_id0_matches"]:
+            why.append(f"{row['gt_id0_matches']} detection(s) matched to the GT with id 0 count as false "
+                       "positives under mlpd")
+        why.append("mlpd rounds the FPPI points and takes the final recall below the first false positive")
+        notes.append(f"{row['name']} {sub}: MR {a[sub]:.2f} (mlpd) vs {b[sub]:.2f} (matlab): " + "; ".join(why))
+    return notes
+
+
+def evaluate_kaist(preds, ann_path: str, protocol: str = "mlpd", setup: str = "Reasonable",
+                   curves: bool = False) -> dict:
+    """Evaluate one or more detection files (txt / json / mmdet pkl) against a KAIST annotation json."""
+    if protocol not in PROTOCOLS:
+        raise CkptError(f"unknown protocol {protocol!r}; choose mlpd or matlab")
+    if setup not in SETUPS:
+        raise CkptError(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
+    if not preds:
+        raise CkptError("no detection files given (--preds)")
+    ann = load_annotations(ann_path)
+    methods, seen = [], {}
+    for path in preds:
+        row = evaluate_detections(ann, load_detections(path, ann), setup, curves)
+        n = seen[row["name"]] = seen.get(row["name"], 0) + 1
+        if n > 1:
+            row["name"] = f"{row['name']}#{n}"
+        head = row["protocols"][protocol]
+        row = {"name": row["name"], "MR": head["MR"], "recall": head["recall"], **row}
+        row["notes"] = explain(row)
+        methods.append(row)
+    return {"task": "kaist", "protocol": protocol, "setup": setup, "annotation": ann_path,
+            "num_images": {"all": int(len(ann.image_ids)), "day": int(ann.day.sum()),
+                           "night": int((~ann.day).sum())},
+            "methods": methods}

@@ -1,0 +1,257 @@
+"""KAIST evaluation: published numbers, hand-computed cases, the protocols' differences, AP, input formats."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckpttool.errors import CkptError, FormatError
+from ckpttool.eval.kaist import SETUPS, evaluate_detections, evaluate_kaist, gt_ignored
+from ckpttool.eval.kaist_io import load_annotations, load_detections
+
+ROOT = Path(__file__).resolve().parents[1]
+KAIST = ROOT / "fixtures" / "kaist"
+ANN = KAIST / "KAIST_annotation.json"
+DETS = KAIST / "detections"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "benchmarks" / "bench_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ann():
+    return load_annotations(str(ANN))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench()
+
+
+def write_ann(tmp_path, names, gts):
+    """gts: (image index, [x, y, w, h], height, occlusion, ignore[, id]) tuples."""
+    images = [{"id": i, "im_name": n} for i, n in enumerate(names)]
+    anns = [{"id": g[5] if len(g) > 5 else k + 1, "image_id": g[0], "category_id": 1, "bbox": g[1],
+             "height": g[2], "occlusion": g[3], "ignore": g[4]} for k, g in enumerate(gts)]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns}))
+    return str(path)
+
+
+def write_txt(tmp_path, rows, name="M_result.txt"):
+    path = tmp_path / name
+    path.write_text("".join(",".join(repr(v) for v in r) + "\n" for r in rows))
+    return str(path)
+
+
+def run(tmp_path, names, gts, dets, setup="Reasonable"):
+    ann_path = write_ann(tmp_path, names, gts)
+    return evaluate_kaist([write_txt(tmp_path, dets)], ann_path, setup=setup)["methods"][0]
+
+
+# -- the shipped real files -------------------------------------------------------------------------------------
+def test_mlpd_file_reproduces_published_numbers():
+    r = evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN))
+    m = r["methods"][0]
+    assert m["name"] == "MLPD"
+    assert [round(m["MR"][s], 2) for s in ("all", "day", "night")] == [7.58, 7.96, 6.95]
+    assert round(m["recall"]["all"], 2) == 96.70
+    assert m["protocols"]["mlpd"]["MR"] == m["MR"]
+    assert round(m["protocols"]["matlab"]["MR"]["day"], 2) == 7.95
+    matlab = evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN), protocol="matlab")["methods"][0]
+    assert matlab["MR"] == m["protocols"]["matlab"]["MR"]
+
+
+def test_json_results_match_the_txt_results():
+    r = evaluate_kaist([str(DETS / "MLPD_result.txt"), str(DETS / "MLPD_result.json")], str(ANN))
+    txt, js = r["methods"]
+    assert js["name"] == "MLPD#2"
+    for s in ("all", "day", "night"):
+        assert round(js["MR"][s], 2) == round(txt["MR"][s], 2)
+
+
+@pytest.mark.parametrize("name", ["MLPD", "MBNet", "MSDS-RCNN", "INSANet"])
+def test_vectorised_equals_per_image_loop_on_real_files(ann, bench, name):
+    det = load_detections(str(DETS / f"{name}_result.txt"), ann)
+    for setup in (SETUPS if name == "MLPD" else ["Reasonable"]):
+        ignored = gt_ignored(ann, setup)
+        got = evaluate_detections(ann, det, setup)["protocols"]
+        ref = bench.loop_kaist(ann, det, ignored)
+        for proto in ("mlpd", "matlab"):
+            for s in ("all", "day", "night"):
+                assert got[proto]["MR"][s] == 100 * ref[proto][s][0], (setup, proto, s)
+                assert got[proto]["recall"][s] == 100 * ref[proto][s][1], (setup, proto, s)
+
+
+def test_ap_equals_per_image_loop_on_a_real_file(ann, bench):
+    det = load_detections(str(DETS / "MBNet_result.txt"), ann)
+    got = evaluate_detections(ann, det, "Reasonable")
+    ignored = gt_ignored(ann, "Reasonable")
+    for s in ("all", "night"):
+        ap11, area = bench.loop_voc_ap(ann, det, ignored, s)
+        assert got["AP50"][s] == 100 * ap11
+        assert got["AP50_area"][s] == 100 * area
+
+
+# -- hand-computed cases -----------------------------------------------------------------------------------------
+DAY, NIGHT = "set06/V000/I00019", "set09/V000/I00019"
+BOX = [100, 100, 40, 100]            # height 100: counted under Reasonable
+
+
+def test_images_without_detections_are_skipped_by_mlpd_only(tmp_path):
+    # image 0: a true positive then a false positive; image 1: a GT and no detection
+    m = run(tmp_path, [DAY, DAY.replace("19", "39")], [(0, BOX, 100, 0, 0), (1, BOX, 100, 0, 0)],
+            [(1, 100, 100, 40, 100, 0.9), (1, 300, 100, 40, 100, 0.8)])
+    mlpd, matlab = m["protocols"]["mlpd"], m["protocols"]["matlab"]
+    # mlpd: 1 GT counted, recall 1 at every FPPI point -> MR 0; matlab: 2 GTs, recall 1/2 -> MR 50
+    assert mlpd["MR"]["all"] == 0.0 and mlpd["recall"]["all"] == 100.0
+    assert matlab["MR"]["all"] == pytest.approx(50.0, abs=1e-12) and matlab["recall"]["all"] == 50.0
+    assert m["images_without_detections"] == 1 and m["gts_in_images_without_detections"] == 1
+    assert any("1 images have no detection: their 1 GTs are not counted under mlpd" in n for n in m["notes"])
+
+
+def test_match_to_gt_with_id_zero_is_a_false_positive_under_mlpd(tmp_path):
+    gts = [(0, BOX, 100, 0, 0, 0), (0, [300, 100, 40, 100], 100, 0, 0, 1)]
+    m = run(tmp_path, [DAY], gts, [(1, 100, 100, 40, 100, 0.9), (1, 300, 100, 40, 100, 0.8)])
+    # mlpd: the first detection is a FP (GT id 0) at FPPI 1 (one image), then a TP -> recall 1/2 at FPPI 1
+    assert m["protocols"]["mlpd"]["recall"]["all"] == 50.0
+    assert m["protocols"]["matlab"]["recall"]["all"] == 100.0
+    assert m["gt_id0_matches"] == 1
+
+
+def test_ignored_gts_absorb_detections_by_intersection_over_detection_area(tmp_path):
+    big_ignored = (0, [50, 50, 300, 300], 300, 0, 1)          # ignore flag set in the file
+    small = (0, [400, 100, 20, 50], 50, 0, 0)                   # height 50 < 55: ignored under Reasonable
+    m = run(tmp_path, [DAY], [(0, BOX, 100, 0, 0), big_ignored, small],
+            [(1, 100, 100, 40, 100, 0.9),      # TP
+             (1, 200, 200, 30, 60, 0.8),       # inside the ignored box: IoU small, inter/det area 1 -> dropped
+             (1, 400, 100, 20, 50, 0.7)])      # on the small GT -> dropped under Reasonable
+    assert m["MR"]["all"] == 0.0              # no false positive at all
+    m_all = run(tmp_path, [DAY], [(0, BOX, 100, 0, 0), big_ignored, small],
+                [(1, 100, 100, 40, 100, 0.9), (1, 200, 200, 30, 60, 0.8), (1, 400, 100, 20, 50, 0.7)],
+                setup="All")
+    assert m_all["recall"]["all"] == 100.0    # the small GT counts (and is found) under All
+
+
+def test_a_second_detection_on_a_used_gt_is_a_false_positive(tmp_path):
+    gts = [(i, BOX, 100, 0, 0) for i in range(100)]
+    names = [f"set06/V000/I{i:05d}" for i in range(100)]
+    dets = [(1, 100, 100, 40, 100, 0.9), (1, 101, 100, 40, 100, 0.95)]
+    m = run(tmp_path, names, gts, dets)
+    # the higher-scored duplicate takes the GT; the other is one FP over 100 images (FPPI 0.01)
+    # mlpd counts only image 0's GT: recall 1 from the start -> MR 0
+    assert m["protocols"]["mlpd"]["MR"]["all"] == 0.0
+    # matlab: recall 1/100 everywhere
+    assert m["protocols"]["matlab"]["MR"]["all"] == pytest.approx(99.0)
+
+
+def test_fppi_point_below_the_first_false_positive_wraps_under_mlpd(tmp_path):
+    # 20 images; the first detection is a FP (FPPI 0.05), then a TP in every image
+    names = [f"set06/V000/I{i:05d}" for i in range(20)]
+    gts = [(i, BOX, 100, 0, 0) for i in range(20)]
+    dets = [(1, 400, 300, 40, 100, 0.99)] + [(i + 1, 100, 100, 40, 100, 0.5) for i in range(20)]
+    m = run(tmp_path, names, gts, dets)
+    # mlpd: the 3 points below FPPI 0.05 take the final recall (1): MR 0.
+    assert m["protocols"]["mlpd"]["MR"]["all"] == 0.0
+    # matlab: recall 0 at those 3 points (miss rate 1), 1 at the other 6 (miss rate clamped to 1e-10)
+    assert m["protocols"]["matlab"]["MR"]["all"] == pytest.approx(100 * np.exp(6 * np.log(1e-10) / 9))
+
+
+def test_day_and_night_come_from_the_image_names(tmp_path):
+    m = run(tmp_path, [DAY, NIGHT], [(0, BOX, 100, 0, 0), (1, BOX, 100, 0, 0)],
+            [(1, 100, 100, 40, 100, 0.9), (2, 300, 300, 40, 100, 0.9)])
+    assert m["recall"]["day"] == 100.0 and m["recall"]["night"] == 0.0
+
+
+def test_unsorted_detections_give_the_sorted_numbers(tmp_path, ann):
+    lines = (DETS / "MLPD_result.txt").read_text().splitlines()
+    rng = np.random.default_rng(0)
+    shuffled = tmp_path / "MLPD_result.txt"
+    shuffled.write_text("\n".join(lines[i] for i in rng.permutation(len(lines))) + "\n")
+    a = evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN))["methods"][0]
+    b = evaluate_kaist([str(shuffled)], str(ANN))["methods"][0]
+    assert a["unsorted_images"] == 0 and b["unsorted_images"] > 100
+    for key in ("protocols", "AP50", "AP50_area"):
+        assert a[key] == b[key]
+
+
+def test_ap_hand_computed(tmp_path):
+    gts = [(0, BOX, 100, 0, 0), (0, [300, 100, 40, 100], 100, 0, 0)]
+    dets = [(1, 100, 100, 40, 100, 0.9), (1, 500, 300, 40, 100, 0.8), (1, 300, 100, 40, 100, 0.7)]
+    m = run(tmp_path, [DAY], gts, dets)
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1: area = 1/2 * 1 + 1/2 * 2/3; 11 points = (6 * 1 + 5 * 2/3) / 11
+    assert m["AP50_area"]["all"] == pytest.approx(100 * (0.5 + 1 / 3), rel=1e-6)
+    assert m["AP50"]["all"] == pytest.approx(100 * (6 + 10 / 3) / 11, rel=1e-6)
+
+
+# -- input formats -----------------------------------------------------------------------------------------------
+def test_mmdet_pickle_gives_the_same_numbers_as_txt(tmp_path, ann):
+    torch = pytest.importorskip("torch")
+    arr = np.loadtxt(DETS / "MLPD_result.txt", delimiter=",")[:2000]
+    arr[:, 1:5] = np.round(arr[:, 1:5] * 4) / 4                  # exactly representable in float32
+    arr[:, 5] = arr[:, 5].astype(np.float32)
+    txt = tmp_path / "A_result.txt"
+    txt.write_text("".join(f"{int(r[0])},{r[1]!r},{r[2]!r},{r[3]!r},{r[4]!r},{r[5]!r}\n" for r in arr))
+    results = []
+    for i in np.unique(arr[:, 0]).astype(int):
+        rows = arr[arr[:, 0] == i]
+        x1y1x2y2 = np.column_stack([rows[:, 1], rows[:, 2], rows[:, 1] + rows[:, 3], rows[:, 2] + rows[:, 4]])
+        set_, v, frame = ann.im_names[i - 1].split("/")
+        results.append({"img_id": int(i - 1), "img_path": f"data/kaist/test/{set_}/{v}/lwir/{frame}.png",
+                        "pred_instances": {"bboxes": torch.tensor(x1y1x2y2, dtype=torch.float32),
+                                           "scores": torch.tensor(rows[:, 5], dtype=torch.float32),
+                                           "labels": torch.zeros(len(rows), dtype=torch.int64)}})
+    pkl = tmp_path / "B_result.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump(results, f)
+    a, b = evaluate_kaist([str(txt), str(pkl)], str(ANN))["methods"]
+    for key in ("protocols", "AP50", "AP50_area", "images_without_detections"):
+        assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("1,2,3,4,5,0.5\n2,3,x,5,6,0.5\n", ":2:", "not a number: 'x'"),
+    ("1,2,3,4,5,0.5\n1,2,3,4,5\n", ":2:", "expected 6 comma-separated values"),
+    ("1,2,3,4,5,0.5\n\n2253,2,3,4,5,0.5\n", ":3:", "image index 2253 out of range 1..2252"),
+    ("0,2,3,4,5,0.5\n", ":1:", "out of range"),
+    ("", "", "empty file"),
+])
+def test_malformed_txt_names_file_and_line(tmp_path, ann, text, where, what):
+    path = tmp_path / "bad_result.txt"
+    path.write_text(text)
+    with pytest.raises(FormatError) as e:
+        load_detections(str(path), ann)
+    msg = str(e.value)
+    assert msg.startswith("bad_result.txt" + where) and what in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("data, what", [
+    ({"image_id": 0}, "expected a JSON list"),
+    ([{"image_id": 0, "bbox": [1, 2, 3], "score": 0.5}], "item 0: 'bbox' must be 4 finite numbers"),
+    ([{"image_id": 0, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": 5000, "bbox": [1, 2, 3, 4], "score": 1}],
+     "item 1: image_id 5000 is not in the annotation file"),
+    ([{"image_id": 0, "bbox": [1, 2, 3, 4]}], "item 0: 'score' must be a finite number"),
+])
+def test_malformed_json_names_file_and_item(tmp_path, ann, data, what):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match="^bad.json") as e:
+        load_detections(str(path), ann)
+    assert what in str(e.value)
+
+
+def test_bad_annotation_and_options(tmp_path):
+    bad = tmp_path / "ann.json"
+    bad.write_text(json.dumps({"images": [{"id": 0, "im_name": DAY}], "annotations": [{"image_id": 0}]}))
+    with pytest.raises(FormatError, match=r"^ann.json:annotations\[0\]: 'bbox'"):
+        load_annotations(str(bad))
+    with pytest.raises(CkptError, match="unknown setup"):
+        evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN), setup="Easy")
