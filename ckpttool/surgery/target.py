@@ -152,4 +152,9 @@ def _call_factory(spec: str):
             raise CkptError(f"{module_name!r} has no {attr!r}")
     if not callable(fn):
         raise CkptError(f"{spec} is not callable")
-    return fn()
+    try:
+        return fn()
+    except CkptError:
+        raise
+    except Exception as exc:
+        raise CkptError(f"the factory {spec} failed: {type(exc).__name__}: {exc}") from exc
