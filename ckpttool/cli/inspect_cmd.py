@@ -22,6 +22,13 @@ def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section
     """Show what PATH holds: layout, meta, module tree, optimizer, schedulers, logged scalars, EMA, and every
     global the file references. PATH may be a .pth/.ckpt (zip or legacy), .safetensors, a sharded index or a
     torch.distributed.checkpoint folder; the format is detected from the content."""
+    import os
+
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, ".metadata")) \
+            and not any(n.endswith(".index.json") for n in os.listdir(path)):
+        from ckpttool.cli.runs_cmd import show  # an mmengine work_dir: list its runs
+
+        return show(path, fmt)
     from ckpttool.report.progress import progress, warn
     from ckpttool.summary.inspect import inspect
 

@@ -1,0 +1,479 @@
+"""`average(paths, out)`: the (weighted) mean of several checkpoints' weights, streamed one tensor at a time.
+
+For every key the writer asks for, the tensor of every input is read from its memory map in chunks of CHUNK
+elements, accumulated in float64 (measured against a compensated float32 sum in docs/average.md: as fast, and
+exact to the last bit of the output dtype) and converted to the output dtype (bfloat16: round-to-nearest-even on
+the float32 bits, as torch does). Peak anonymous memory is one output tensor plus two float64 chunks; torch is
+never imported. Integer/bool tensors are never averaged: `int_buffers` picks them.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import mmap
+import os
+import re
+import threading
+import zlib
+from collections import deque
+
+from ckpttool.errors import CkptError
+
+CHUNK = 1 << 16  # elements per accumulation chunk (512 KiB of float64: stays in cache)
+PREFETCH_BYTES = 32 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
+INT_RULES = ("last", "max", "first", "error")
+DTYPES = ("keep", "float32", "float16", "bfloat16")
+INDEX_RE = re.compile(r"(index|indices|_idx$|^idx)", re.I)           # lookup tables: must agree
+COUNTER_RE = re.compile(r"(num_batches_tracked|n_averaged|num_updates|steps?|count(er)?)$", re.I)  # may differ
+BN_STATS = ("running_mean", "running_var")
+
+
+def parse_weights(text: str | None, n: int) -> list[float]:
+    """'1,2,1' -> [0.25, 0.5, 0.25]; None -> uniform."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return [1.0 / n] * n
+    try:
+        raw = [float(x) for x in text.split(",")] if isinstance(text, str) else [float(x) for x in text]
+    except ValueError:
+        raise CkptError(f"--weights expects comma-separated numbers, got {text!r}") from None
+    if len(raw) != n:
+        raise CkptError(f"--weights has {len(raw)} value(s) for {n} checkpoint(s)")
+    if any(not math.isfinite(w) or w < 0 for w in raw) or sum(raw) <= 0:
+        raise CkptError(f"--weights must be finite, non-negative and not all zero, got {text!r}")
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def open_inputs(paths, section: str | None = None) -> list:
+    """(path, Checkpoint, StateDict) per input, through the safe reader; refuses files that would run code."""
+    from ckpttool.io import load
+
+    if not paths:
+        raise CkptError("no checkpoints to average")
+    out = []
+    for p in paths:
+        ck = load(os.fspath(p))
+        ck.require_safe()
+        out.append((ck.path, ck, ck.state_dict(section)))
+    return out
+
+
+def plan(inputs, intersection: bool = False) -> tuple[list[str], list[dict]]:
+    """Keys to average (first input's order) and the keys left out. Differences are one error unless
+    `intersection`, which keeps the keys every input has with one shape and kind."""
+    names = [os.path.basename(p) for p, _, _ in inputs]
+    sds = [sd for _, _, sd in inputs]
+    common = [k for k in sds[0] if all(k in sd for sd in sds[1:])]
+    skipped, problems = [], []
+    for i, sd in enumerate(sds):
+        missing = [k for k in sds[0] if k not in sd] if i else []
+        extra = [k for k in sd if k not in sds[0]]
+        if missing:
+            problems.append(f"{len(missing)} key(s) of {names[0]} missing from {names[i]} ({_few(missing)})")
+        if extra:
+            problems.append(f"{len(extra)} key(s) only in {names[i]} ({_few(extra)})")
+        skipped += [{"key": k, "reason": f"missing from {names[i]}"} for k in missing]
+        skipped += [{"key": k, "reason": f"only in {names[i]}"} for k in extra]
+    keys = []
+    for k in common:
+        refs = [sd[k] for sd in sds]
+        shapes = {r.shape for r in refs}
+        kinds = {_kind(r) for r in refs}
+        if len(shapes) > 1:
+            desc = " vs ".join(f"{list(r.shape)} in {n}" for r, n in zip(refs, names))
+            problems.append(f"shape of {k}: {desc}")
+            skipped.append({"key": k, "reason": "shapes differ"})
+        elif len(kinds) > 1:
+            desc = " vs ".join(f"{r.dtype} in {n}" for r, n in zip(refs, names))
+            problems.append(f"dtype of {k}: {desc}")
+            skipped.append({"key": k, "reason": "dtypes differ"})
+        else:
+            keys.append(k)
+    if problems and not intersection:
+        raise CkptError("inputs do not match (--intersection averages the common keys): " + "; ".join(problems))
+    if not keys:
+        raise CkptError("the inputs have no key in common")
+    return keys, skipped
+
+
+def _few(keys, n=3):
+    return ", ".join(keys[:n]) + (f", … {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _kind(ref) -> str:
+    """Floating tensors may mix precisions (averaged in float64); others must have one dtype."""
+    if ref.dtype.startswith("float8"):
+        return ref.dtype
+    return "complex" if ref.dtype.startswith("complex") else "float" if ref.is_floating else ref.dtype
+
+
+# --- values ---------------------------------------------------------------------------------------------------
+def _flat(ref):
+    import numpy as np
+
+    arr = ref.raw()
+    return arr.reshape(-1) if ref.is_contiguous() else np.ascontiguousarray(arr).reshape(-1)
+
+
+def _as_float(src, dtype: str, scratch):
+    """A chunk of raw values as something numpy adds exactly into float64 (bfloat16: its float32 bits)."""
+    import numpy as np
+
+    if dtype != "bfloat16":
+        return src
+    u = scratch[: src.size]
+    np.copyto(u, src)
+    np.left_shift(u, 16, out=u)
+    return u.view(np.float32)
+
+
+def bf16_bits(f32):
+    """float32 -> bfloat16 bits (uint16), round-to-nearest-even; NaN -> 0x7FC0 like torch."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(f32, dtype=np.float32).view(np.uint32)
+    rounded = (bits + ((bits >> 16) & 1) + np.uint32(0x7FFF)) >> 16
+    nan = np.isnan(f32)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded.astype(np.uint16)
+
+
+def mean_bytes(refs, weights, out_dtype: str):
+    """The weighted mean of same-shape floating tensors as contiguous little-endian bytes of `out_dtype`;
+    `weights` None: the plain mean (sum, then divide by N, as numpy and torch compute it)."""
+    import numpy as np
+
+    n = refs[0].numel
+    cplx = out_dtype.startswith("complex")
+    acc_t = np.complex128 if cplx else np.float64
+    out = np.empty(n, dtype=np.uint16 if out_dtype == "bfloat16" else np.dtype(_np_name(out_dtype)))
+    if n == 0:
+        return b""
+    m = min(CHUNK, n)
+    acc, tmp = np.empty(m, acc_t), np.empty(m, acc_t)
+    scratch = np.empty(m, np.uint32) if any(r.dtype == "bfloat16" for r in refs) else None
+    srcs = [_flat(r) for r in refs]
+    pair = weights is None and len(refs) > 1 and "bfloat16" not in (refs[0].dtype, refs[1].dtype)
+    for s in range(0, n, CHUNK):
+        e = min(s + CHUNK, n)
+        a, t = acc[: e - s], tmp[: e - s]
+        if pair:  # x0 + x1 in one pass, same order and rounding as adding them one by one
+            np.add(srcs[0][s:e], srcs[1][s:e], out=a, dtype=acc_t)
+        for i in range(2 if pair else 0, len(srcs)):
+            x = _as_float(srcs[i][s:e], refs[i].dtype, scratch)
+            if weights is None:
+                if i:
+                    np.add(a, x, out=a)
+                else:
+                    np.copyto(a, x)
+            elif i:
+                np.multiply(x, weights[i], out=t, dtype=acc_t)
+                np.add(a, t, out=a)
+            else:
+                np.multiply(x, weights[0], out=a, dtype=acc_t)
+        if weights is None:
+            np.divide(a, len(refs), out=a)
+        if out_dtype == "bfloat16":
+            out[s:e] = bf16_bits(a.astype(np.float32))
+        else:
+            np.copyto(out[s:e], a, casting="unsafe")
+    return memoryview(out).cast("B")
+
+
+def _np_name(dtype: str) -> str:
+    from ckpttool.io.dtypes import by_name
+
+    d = by_name(dtype)
+    if d.numpy is None:
+        raise CkptError(f"cannot average {dtype} tensors")
+    return d.numpy
+
+
+def pick_int(key: str, refs, rule: str, names) -> tuple[object, str | None]:
+    """The value an integer/bool tensor gets under `rule`, and a warning when inputs differ unexpectedly.
+    Index buffers (e.g. relative_position_index) that differ are an error under every rule."""
+    import numpy as np
+
+    vals = [np.asarray(r.raw()) for r in refs]
+    same = all(np.array_equal(vals[0], v) for v in vals[1:])
+    if same:
+        return vals[-1], None
+    leaf = key.rsplit(".", 1)[-1]
+    which = ", ".join(n for n, v in zip(names, vals) if not np.array_equal(v, vals[0])) or names[-1]
+    if rule == "error" or INDEX_RE.search(leaf):
+        raise CkptError(f"integer tensor {key} differs between inputs ({names[0]} vs {which})"
+                        + ("; an index buffer must be identical" if rule != "error" else " and --int-buffers error"))
+    if rule == "first":
+        value = vals[0]
+    elif rule == "max":
+        value = np.maximum.reduce(vals)
+    else:
+        value = vals[-1]
+    warn = None if COUNTER_RE.search(leaf) else f"{key} ({refs[0].dtype}) differs between inputs; took the {rule}"
+    return value, warn
+
+
+# --- provenance -----------------------------------------------------------------------------------------------
+def sha256_of(path: str) -> str:
+    """sha256 of a file through its memory map (a folder: of its files' bytes in sorted order)."""
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    for p in files:
+        with open(p, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                continue
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                h.update(mm)
+    return h.hexdigest()
+
+
+class Hasher(threading.Thread):
+    """sha256 of the inputs in the background (hashlib releases the GIL), overlapping the averaging."""
+
+    def __init__(self, paths):
+        super().__init__(daemon=True)
+        self.paths, self.digests, self.error = list(paths), {}, None
+
+    def run(self):
+        try:
+            for p in self.paths:
+                self.digests[os.path.abspath(p)] = sha256_of(p)
+        except OSError as exc:
+            self.error = exc
+
+    def result(self) -> dict:
+        self.join()
+        if self.error is not None:
+            raise CkptError(f"cannot hash input: {self.error}")
+        return self.digests
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+def average(paths, out: str, weights=None, section: str | None = None, int_buffers: str = "last",
+            dtype: str = "keep", intersection: bool = False, force: bool = False, method: str | None = None,
+            extra_meta: dict | None = None, hash_inputs: bool = True) -> dict:
+    """Average `paths` into `out` (`{"meta", "state_dict"}` torch zip, or .safetensors). Returns the report."""
+    from ckpttool.io.write import check_output
+
+    if int_buffers not in INT_RULES:
+        raise CkptError(f"--int-buffers must be one of {', '.join(INT_RULES)}")
+    if dtype not in DTYPES:
+        raise CkptError(f"--dtype must be one of {', '.join(DTYPES)}")
+    inputs = open_inputs(paths, section)
+    in_paths = [p for p, _, _ in inputs]
+    check_output(out, in_paths, force)
+    w = parse_weights(weights, len(inputs))
+    keys, skipped = plan(inputs, intersection)
+    names = [os.path.basename(p) for p in in_paths]
+    sds = [sd for _, _, sd in inputs]
+    uniform = None if len(set(w)) == 1 else w
+    hasher = Hasher(in_paths) if hash_inputs else None
+    if hasher:
+        hasher.start()
+
+    warnings, out_dtypes, int_keys = [], {}, []
+    for k in keys:
+        refs = [sd[k] for sd in sds]
+        if refs[0].dtype.startswith("float8"):
+            raise CkptError(f"{k}: cannot average {refs[0].dtype} tensors")
+        if refs[0].is_floating:
+            have = sorted({r.dtype for r in refs})
+            keep = have[0] if len(have) == 1 else ("complex128" if _kind(refs[0]) == "complex" else "float32")
+            out_dtypes[k] = keep if dtype == "keep" or _kind(refs[0]) == "complex" else dtype
+            if len(have) > 1 and dtype == "keep":
+                warnings.append(f"{k}: inputs mix {', '.join(have)}; written as {keep}")
+        else:
+            int_keys.append(k)
+            _, warn = pick_int(k, refs, int_buffers, names)   # check all before writing anything
+            if warn:
+                warnings.append(warn)
+
+    bn = [k for k in keys if k.endswith(BN_STATS)]
+    meta = _meta(inputs, w, method, section, int_buffers, dtype, intersection, skipped, extra_meta, bool(bn))
+    total = sum(sds[0][k].nbytes for k in keys)
+
+    def make(k):
+        refs = [sd[k] for sd in sds]
+        if k in out_dtypes:
+            return mean_bytes(refs, uniform, out_dtypes[k])
+        return _int_bytes(k, refs, int_buffers, names)
+
+    outs = [(k, out_dtypes.get(k, sds[0][k].dtype), sds[0][k].shape) for k in keys]
+    written = write_streamed(out, meta, outs, make, in_paths, force, hasher)
+    result = {"output": written["path"], "bytes": written["bytes"], "tensors": written["tensors"],
+              "method": meta["method"], "inputs": meta["inputs"], "section": meta["section"],
+              "int_buffers": int_buffers, "dtype": dtype, "averaged": len(out_dtypes), "picked": len(int_keys),
+              "skipped": skipped, "warnings": warnings, "state_dict_bytes": total,
+              "stripped_prefixes": sorted({sd.stripped_prefix for sd in sds if sd.stripped_prefix}),
+              "bn_stale": bool(bn), "notes": []}
+    if bn:
+        result["notes"].append(f"{len(bn)} BatchNorm statistics tensors are averages of the inputs' running "
+                               "statistics, not statistics of the averaged weights: recalibrate with --update-bn "
+                               "CONFIG (docs/average.md)")
+    return result
+
+
+def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher=None) -> dict:
+    """Write `outs` [(key, dtype, shape)] whose bytes `make(key)` computes, atomically and verified by CRC.
+
+    torch zip: a worker thread computes (and CRCs) the next tensors while this one is written, at most
+    PREFETCH_BYTES ahead, so memory stays about one tensor. safetensors writes its header first and lists every
+    tensor before any data, so there each tensor is computed when the writer asks for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckpttool.io.write import OutTensor, atomic_write, verify_file, write_safetensors, write_torch_zip
+    from ckpttool.report.progress import progress
+
+    crcs: dict[str, int] = {}
+
+    def compute(k):
+        data = make(k)
+        return data, zlib.crc32(data)
+
+    def lazy():
+        for k, dt, shape in outs:
+            def data(k=k):
+                d, crcs[k] = compute(k)
+                return d
+            yield k, OutTensor(dt, shape, data)
+
+    def piped(pool):
+        pending, todo = deque(), deque(outs)
+        with progress(outs, length=len(outs), label="averaging") as bar:
+            ticks = iter(bar)
+            while todo or pending:
+                while todo and (not pending or sum(_nbytes(o) for o, _ in pending) + _nbytes(todo[0])
+                                <= PREFETCH_BYTES):
+                    o = todo.popleft()
+                    pending.append((o, pool.submit(compute, o[0])))
+                (k, dt, shape), fut = pending.popleft()
+                data, crcs[k] = fut.result()
+                next(ticks, None)
+                yield k, OutTensor(dt, shape, _Once(data))  # the writer keeps its OutTensors: drop the bytes
+                del data
+        if hasher:  # the torch-zip writer pickles meta after the last tensor: hashing overlapped the work
+            _fill_hashes(meta, hasher.result())
+
+    def write(f):
+        if str(out).endswith(".safetensors"):
+            if hasher:  # safetensors writes its header (meta) first
+                _fill_hashes(meta, hasher.result())
+            write_safetensors(f, meta, lazy())
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                write_torch_zip(f, meta, piped(pool))
+
+    path = atomic_write(out, write, lambda p: verify_file(p, crcs), inputs=inputs, force=force)
+    return {"path": path, "tensors": len(crcs), "bytes": os.path.getsize(path)}
+
+
+class _Once:
+    """A data callable that hands its bytes out once and forgets them."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __call__(self):
+        data, self.data = self.data, None
+        return data
+
+
+def _nbytes(o) -> int:
+    from ckpttool.io.dtypes import by_name
+
+    return math.prod(o[2]) * by_name(o[1]).itemsize
+
+
+def _int_bytes(key, refs, rule, names):
+    import numpy as np
+
+    value, _ = pick_int(key, refs, rule, names)
+    return memoryview(np.ascontiguousarray(value)).cast("B") if np.asarray(value).size else b""
+
+
+def _fill_hashes(meta: dict, digests: dict) -> None:
+    for row in meta["inputs"]:
+        row["sha256"] = digests.get(row["path"])
+
+
+def _meta(inputs, weights, method, section, rule, dtype, intersection, skipped, extra, bn) -> dict:
+    uniform = len(set(weights)) == 1
+    rows = []
+    for (path, ck, sd), w in zip(inputs, weights):
+        row = {"path": os.path.abspath(path), "sha256": None, "weight": w}
+        for k in ("epoch", "iter"):
+            if isinstance(ck.meta.get(k), int):
+                row[k] = ck.meta[k]
+        rows.append(row)
+    meta = {"ckpt_average": 1, "method": method or ("uniform" if uniform else "weighted"), "inputs": rows,
+            "section": section or inputs[0][1].weights_key or "(root)", "int_buffers": rule, "dtype": dtype,
+            "accumulator": "float64", "intersection": intersection, "skipped_keys": [s["key"] for s in skipped]}
+    if bn:
+        meta["bn_stats"] = "averaged running statistics (stale); recalibrate with `ckpt average --update-bn`"
+    last_meta = inputs[-1][1].meta
+    if isinstance(last_meta.get("dataset_meta"), dict):
+        meta["dataset_meta"] = last_meta["dataset_meta"]
+    meta.update(extra or {})
+    return meta
+
+
+# --- BatchNorm recalibration ----------------------------------------------------------------------------------
+def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> dict:
+    """Recompute the BatchNorm statistics of the averaged model in `path` (rewritten atomically): build the
+    model of the mmengine `config`, load the weights through the safe reader, reset every BN layer to a
+    cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode."""
+    import torch
+    from mmengine.runner import Runner
+
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config
+    from ckpttool.io import load
+    from ckpttool.io.layout import plain
+    from ckpttool.io.write import save
+
+    if batches < 1:
+        raise CkptError("--bn-batches must be >= 1")
+    cfg = load_config(config, cfg_options)
+    if "train_dataloader" not in cfg:
+        raise CkptError(f"{config} has no train_dataloader to recalibrate BatchNorm with")
+    model = build_model(cfg)
+    load_checkpoint(model, path)
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        raise CkptError("the model of the config has no BatchNorm layers; nothing to recalibrate")
+    for m in bns.values():
+        m.reset_running_stats()
+        m.momentum = None
+    seed = (cfg.get("randomness") or {}).get("seed")
+    try:
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
+    except Exception as exc:
+        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for data in loader:
+            if seen >= batches:
+                break
+            data = model.data_preprocessor(data, True)
+            if isinstance(data, dict):
+                model(**data, mode="tensor")
+            else:
+                model(*data, mode="tensor")
+            seen += 1
+    new = {}
+    for name, m in bns.items():
+        for buf in ("running_mean", "running_var", "num_batches_tracked"):
+            if getattr(m, buf, None) is not None:
+                new[f"{name}.{buf}" if name else buf] = getattr(m, buf).detach().clone()
+    ck = load(path)
+    sd = ck.state_dict()
+    missing = [k for k in new if k not in sd]
+    if missing:
+        raise CkptError(f"BatchNorm buffers of the model are not in {path}: {_few(missing)}")
+    meta = plain(ck.meta) if isinstance(ck.meta, dict) else {}
+    meta["bn_stats"] = f"recalibrated on {seen} batch(es) of train_dataloader of {os.path.abspath(config)}"
+    items = ((k, new[k].to(getattr(torch, t.dtype)) if k in new else t) for k, t in sd.items())
+    save(path, items, meta=meta, force=True)
+    return {"config": os.path.abspath(config), "batches": seen, "bn_layers": len(bns), "tensors": len(new)}
