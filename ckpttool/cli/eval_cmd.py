@@ -1,0 +1,217 @@
+"""ckpt eval — metric tables from prediction files (NTU60, KAIST), or from running a model; a CI regression gate."""
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.errors import CkptError
+from ckpttool.report.output import Table
+
+SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
+
+
+@click.command("eval")
+@click.argument("config", required=False)
+@click.argument("checkpoint", required=False)
+@click.option("--task", type=click.Choice(["ntu60", "kaist"]), help="What the --preds files hold.")
+@click.option("--preds", cls=MultiOption, metavar="FILE [FILE ...]",
+              help="Prediction files: mmaction2 --dump pickles / .npz score files (ntu60); txt, json or mmdet "
+                   "pickles (kaist). Several files: one row each (ntu60: plus their ensemble).")
+@click.option("--coefficients", cls=MultiOption, type=float, metavar="X [X ...]",
+              help="ntu60 ensemble weights, one per --preds file (default 1 each).")
+@click.option("--apply-softmax", is_flag=True, help="ntu60 ensemble: softmax each file's scores before summing.")
+@click.option("--ann", type=click.Path(), help="Annotation file: KAIST json, or NTU60 pkl for the labels.")
+@click.option("--split", help="ntu60: the split of --ann (xsub_val, xview_val, ...); with CONFIG: the test split.")
+@click.option("--aggregate", type=click.Choice(["prob", "score", "max"]),
+              help="How per-view scores are averaged: prob = softmax then mean (default), score = mean, max.")
+@click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
+              help="Also report the table for the first K views, e.g. 1,3,5,10.")
+@click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
+@click.option("--protocol", type=click.Choice(["mlpd", "matlab"]), default="mlpd", show_default=True,
+              help="kaist: the headline protocol (both are always computed).")
+@click.option("--setup", type=click.Choice(SETUPS), default="Reasonable", show_default=True,
+              help="kaist: which GTs count (the rest are ignored).")
+@click.option("--plot", type=click.Path(), metavar="FILE.png|svg",
+              help="kaist: miss rate vs FPPI; ntu60: accuracy vs clips (with --clips), else a confusion matrix.")
+@click.option("--save-metrics", type=click.Path(), metavar="FILE", help="Write the JSON result to FILE.")
+@click.option("--force", is_flag=True, help="Replace an existing --save-metrics file.")
+@click.option("--baseline", type=click.Path(), metavar="FILE",
+              help="Compare with a --save-metrics file; exit 1 when a metric regressed.")
+@click.option("--tolerance", cls=MultiOption, metavar="X|METRIC=X",
+              help="Allowed regression in metric points (default 0); METRIC=X per metric, e.g. MR.night=1.0.")
+@click.option("--summary", type=click.Path(), metavar="FILE",
+              help="Append the gate's markdown summary to FILE (e.g. \"$GITHUB_STEP_SUMMARY\").")
+@click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
+@click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
+@click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--launcher", type=click.Choice(["none", "pytorch"]), default="none", show_default=True)
+@click.option("--limit", type=int, help="With CONFIG: only the first N test samples.")
+@click.option("--dump", type=click.Path(), metavar="DIR", help="With CONFIG: write per-clip scores (.npz) to DIR.")
+@output_options
+def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
+             per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
+             views_per_batch, cache, device, launcher, limit, dump, fmt):
+    """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
+
+    \b
+    ckpt eval --task ntu60 --preds joint.pkl bone.pkl --coefficients 1 1 [--ann ntu60.pkl --split xsub_val]
+    ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
+    ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
+    Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
+    from ckpttool.eval import gate
+
+    ks = _parse_clips(clips)
+    default_tol, overrides = gate.parse_tolerance(tolerance)
+    inputs = list(preds) + [p for p in (ann, baseline, config, checkpoint) if p]
+    if save_metrics:
+        from ckpttool.io.write import check_output
+
+        check_output(save_metrics, inputs, force)
+    if plot:
+        from ckpttool.report.plots import check_plot_path
+
+        check_plot_path(plot)
+    base = gate.load_baseline(baseline) if baseline else None
+
+    if config or checkpoint:
+        if not (config and checkpoint):
+            raise CkptError("running a model needs both CONFIG and CHECKPOINT")
+        if preds or task == "kaist":
+            raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
+        from ckpttool.eval.tta import evaluate_model
+
+        result = evaluate_model(config, checkpoint, clips=ks or None, aggregate=aggregate,
+                                cfg_options=list(cfg_options) or None, split=split,
+                                views_per_batch=views_per_batch, cache=cache, device=device, launcher=launcher,
+                                limit=limit, dump=dump)
+        tables = ntu_tables(result)
+    elif task == "kaist":
+        if not ann:
+            raise CkptError("--task kaist needs --ann KAIST_annotation.json")
+        from ckpttool.eval.kaist import evaluate_kaist
+
+        result = evaluate_kaist(list(preds), ann, protocol=protocol, setup=setup, curves=bool(plot))
+        tables = kaist_tables(result)
+    elif task == "ntu60":
+        from ckpttool.eval.ntu import evaluate_ntu
+
+        result = evaluate_ntu(list(preds), coefficients=list(coefficients) or None, apply_softmax=apply_softmax,
+                              ann=ann, split=split, aggregate=aggregate or "prob", clips=ks or None,
+                              per_class=per_class)
+        tables = ntu_tables(result)
+    else:
+        raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
+
+    if plot:
+        _plot(result, plot)
+    failed = None
+    if base is not None:
+        result["gate"] = gate.compare(result, base, default_tol, overrides)
+        result["gate"]["baseline"] = baseline
+        tables.append(gate_table(result["gate"], baseline))
+        if summary:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(gate.summary_markdown(result["gate"], baseline))
+        if not result["gate"]["passed"]:
+            failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
+    if save_metrics:
+        gate.save_metrics({k: v for k, v in result.items() if k != "gate"}, save_metrics, inputs, force)
+    finish(result, tables, fmt, failed)
+
+
+def _parse_clips(values):
+    ks = []
+    for v in values or ():
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    k = int(part)
+                except ValueError:
+                    raise CkptError(f"--clips {v!r}: expected view counts like 1,3,5,10") from None
+                if k < 1:
+                    raise CkptError(f"--clips {v!r}: view counts start at 1")
+                ks.append(k)
+    return sorted(set(ks))
+
+
+def _plot(result, path):
+    from ckpttool.report import plots
+
+    if result["task"] == "kaist":
+        plots.plot_miss_rate(result["methods"], path)
+        for m in result["methods"]:
+            m.pop("curves", None)
+    elif result.get("clips"):
+        plots.plot_clips(result["clips"], path)
+    elif result.get("per_class"):
+        pc = result["per_class"]
+        from ckpttool.eval.ntu import class_names_for
+
+        names = class_names_for(len(pc["confusion"]))
+        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"])
+    else:
+        raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
+                        "(give --per-class)")
+
+
+def _pct(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _acc_rows(rows, k=None):
+    return [([k] if k is not None else []) + [r["name"], _pct(r["top1"]), _pct(r["top5"]),
+                                                _pct(r["mean_class_accuracy"])] for r in rows]
+
+
+def ntu_tables(r: dict) -> list:
+    head = ["name", "top-1", "top-5", "mean class acc"]
+    out = []
+    views = r.get("views", 1)
+    if r.get("rows"):
+        title = f"NTU60: {r['num_samples']} samples, {r.get('num_classes', '?')} classes"
+        if views > 1:
+            title += f", {views} views ({r['aggregate']})"
+        out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True))
+    if r.get("clips"):
+        rows = [row for c in r["clips"] for row in _acc_rows(c["rows"], c["k"])]
+        title = "Accuracy using the first k views (%)" if r.get("rows") else \
+            f"{r.get('checkpoint', 'model')}: accuracy using the first k views (%)"
+        out.append(Table(["k views"] + head, rows, title=title, primary=not r.get("rows")))
+    pc = r.get("per_class")
+    if pc:
+        out.append(Table(["label", "class", "samples", "accuracy"],
+                         [[c["label"], c["name"], c["count"], _pct(c["accuracy"])] for c in pc["classes"]],
+                         title=f"Per-class accuracy of {pc['row']} (%)"))
+        out.append(Table(["true", "predicted as", "samples", "% of true class"],
+                         [[p["true_name"], p["pred_name"], p["count"], _pct(p["fraction"])] for p in pc["confused"]],
+                         title="Most confused pairs"))
+    return out
+
+
+def kaist_tables(r: dict) -> list:
+    rows, notes = [], []
+    for m in r["methods"]:
+        rows.append([m["name"]] + [_pct(m["MR"][s]) for s in ("all", "day", "night")]
+                    + [_pct(m["recall"]["all"]), _pct(m["AP50"]["all"]), m["images_without_detections"]])
+        notes += m["notes"]
+        if m["unsorted_images"]:
+            notes.append(f"{m['name']}: {m['unsorted_images']} images list detections out of score order; they were "
+                         "sorted (the MLPD script itself needs sorted input)")
+    title = f"KAIST {r['setup']}, {r['protocol']} protocol: MR-2 (%, lower is better), recall and AP@0.5 (%)"
+    main = Table(["method", "MR all", "MR day", "MR night", "recall", "AP50", "images w/o det"], rows,
+                 title=title, primary=True, notes=notes)
+    both = [[m["name"]] + [_pct(m["protocols"][p]["MR"][s]) for p in ("mlpd", "matlab")
+                           for s in ("all", "day", "night")] for m in r["methods"]]
+    proto = Table(["method", "mlpd all", "mlpd day", "mlpd night", "matlab all", "matlab day", "matlab night"],
+                  both, title="MR-2 under both protocols (%)")
+    return [main, proto]
+
+
+def gate_table(g: dict, baseline: str) -> Table:
+    rows = [[c["metric"], _pct(c["baseline"]), _pct(c["current"]),
+             "-" if c["delta"] is None else f"{c['delta']:+.2f}", f"{c['tolerance']:g}", c["better"], c["status"]]
+            for c in g["checks"]]
+    head = "PASSED" if g["passed"] else f"FAILED ({g['regressions']} regression(s))"
+    return Table(["metric", "baseline", "current", "delta", "tolerance", "better", "status"], rows,
+                 title=f"Regression gate vs {baseline}: {head}")
