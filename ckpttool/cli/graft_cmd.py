@@ -102,6 +102,10 @@ def warn_unmatched(r: dict) -> None:
     for rule in r["rules"]:
         if rule["matched"] == 0:
             warn(f"rule {rule['text']} matched nothing")
+    skipped = [m["key"] for m in r["mismatched"] if m["action"] == "skip"]
+    if skipped:
+        warn(f"{len(skipped)} shape-mismatched tensor(s) keep the target's initialisation (--on-shape-mismatch "
+             f"skip), e.g. {skipped[0]}")
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
