@@ -95,8 +95,8 @@ def load(path: str, trust: bool = False) -> Checkpoint:
     except FormatError as exc:
         msg = str(exc)
         raise FormatError(msg if msg.startswith(path) else f"{path}: {msg}") from exc
-    except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, EOFError, OverflowError) as exc:
+    except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            EOFError, OverflowError, NotImplementedError, LookupError, ArithmeticError) as exc:
         raise FormatError(f"{path}: corrupt {fmt} file ({type(exc).__name__}: {exc})") from exc
     return Checkpoint(path, fmt, root, g, size)
 

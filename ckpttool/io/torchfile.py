@@ -9,6 +9,11 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
+
+# What zipfile raises on damaged archives besides BadZipFile (e.g. NotImplementedError for odd version fields).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotImplementedError, zlib.error,
+              struct.error, UnicodeDecodeError, OverflowError)
 
 from ckpttool.errors import FormatError
 from ckpttool.io.dtypes import BY_STORAGE, DType, by_name
@@ -81,7 +86,7 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
     try:
         zf = zipfile.ZipFile(src)
         infos = {i.filename: i for i in zf.infolist()}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+    except ZIP_ERRORS as exc:
         src.close()
         raise FormatError(f"corrupt or truncated zip archive ({exc})") from None
     with zf, src:
@@ -96,7 +101,7 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
             if order is not None and zf.read(order).strip() not in (b"little", b""):
                 raise FormatError("big-endian checkpoints are not supported")
             data = zf.read(pkl[0])
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+        except ZIP_ERRORS as exc:
             raise FormatError(f"cannot read data.pkl ({exc})") from None
         storages: dict[str, Storage] = {}
 
@@ -115,7 +120,7 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
             else:  # repacked with compression: no mapping possible, decompress this entry only
                 try:
                     st = Storage(key, dtype, numel, data=zf.read(info))
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                except ZIP_ERRORS as exc:
                     raise FormatError(f"cannot read storage {key!r} ({exc})") from None
             storages[key] = st
             return st
