@@ -73,3 +73,20 @@ def test_trust_is_the_only_door_and_really_unpickles(fixtures_dir, manifest):
     safe, trusted = load(path).state_dict(), load(path, trust=True).state_dict()
     assert list(safe) == list(trusted)
     assert all((safe[k].raw() == trusted[k].raw()).all() for k in safe)
+
+
+def test_payload_in_dcp_metadata_is_refused_and_never_runs(tmp_path, fixtures_dir, manifest):
+    import shutil
+
+    dcp = tmp_path / "dcp"
+    shutil.copytree(fixtures_dir / manifest["formats"]["files"]["dcp"]["path"], dcp)
+    sentinel = tmp_path / "SENTINEL_dcp"
+    cmd = f"touch {sentinel}".encode()
+    # os.system("touch ...") as raw protocol-2 opcodes: nothing in this test can run it
+    (dcp / ".metadata").write_bytes(b"\x80\x02cos\nsystem\nX" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R.")
+    with pytest.raises(Exception) as err:
+        load(dcp)
+    assert "DCP metadata" in str(err.value)
+    out = CliRunner().invoke(cli, ["inspect", str(dcp)])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert not sentinel.exists()
