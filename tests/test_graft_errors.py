@@ -83,6 +83,8 @@ def test_missing_and_unusable_inputs(det, tmp_path):
     assert "--cfg-options needs a config" in refused(det, "--into", DET_MAP_GCA, "--cfg-options", "a=1", "-o", out)
     assert "--from expects PREFIX=FILE" in refused("--from", det, "--into", DET_MAP_GCA, "-o", out)
     assert "give a SOURCE" in refused("--into", DET_MAP_GCA, "-o", out)
+    assert "give each --from its own PREFIX" in refused("--from", f"a={det}", "--from", f"a.={det}", "--into",
+                                                        DET_MAP_GCA, "-o", out, out=out)
     assert "give -o OUT" in refused(det, "--into", DET_MAP_GCA)
     bad_rules = tmp_path / "rules.yaml"
     bad_rules.write_text("rules: [{rename: a=b}]\n")
