@@ -91,7 +91,7 @@ def structure_rows(r: dict) -> list[list]:
         ["shape mismatch", len(r["shape_mismatch"]), _keys([m["key"] for m in r["shape_mismatch"]])],
         ["dtype mismatch", len(r["dtype_mismatch"]), _keys([m["key"] for m in r["dtype_mismatch"]])],
         ["values compared", r["compared"], ""],
-        ["identical", r["identical_tensors"], f"|b-a| <= {r['atol']:g} + {r['rtol']:g}*|a|"],
+        ["identical", r["identical_tensors"], f"equal within atol {r['atol']:g}, rtol {r['rtol']:g}"],
         ["changed", len(r["changed_tensors"]), _keys([t["key"] for t in r["changed_tensors"]])],
         ["NaN/Inf in B", len(nf), _keys([t["key"] for t in nf])],
     ]
