@@ -134,3 +134,18 @@ def test_diff_imports_neither_torch_nor_mmengine(fixtures_dir, manifest):
             "assert r.exit_code == 0, r.output; "
             "assert 'torch' not in sys.modules and 'mmengine' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_keys_lists_every_changed_tensor(fixtures_dir, manifest):
+    from tests.test_diff import BEVFUSION_MAP
+
+    layouts = manifest["layouts"]["layouts"]
+    a, b = (fixtures_dir / layouts[n]["path"] for n in ("bevfusion_det", "bevfusion_det_mmdet3d1x_names"))
+    maps = [x for rule in BEVFUSION_MAP for x in ("--map", rule)]
+    r = json.loads(run(a, b, *maps, "--format", "json").stdout)
+    n = len(r["changed_tensors"])
+    assert n > 10 and r["only_in_a"] == r["only_in_b"] == []
+    short, full = run(a, b, *maps).stdout, run(a, b, *maps, "--keys").stdout
+    assert f"… {n - 10} more (--keys lists all)" in short and "more (--keys" not in full
+    assert all(t["key"] in full for t in r["changed_tensors"])
+    assert sum(t["key"] in short.split("Changed tensors")[1] for t in r["changed_tensors"]) == 10
