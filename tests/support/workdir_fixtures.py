@@ -1,11 +1,13 @@
 """A real mmengine work_dir for `ckpt runs` / `ckpt average --work-dir`, plus hand-written log text.
 
 `python -m tests.support.workdir_fixtures OUT` trains a tiny conv+BN+linear classifier with a real
-`mmengine.runner.Runner` for 4 epochs (val every epoch, `CkptRunsTop1` logging `acc/top1` and `acc/mean1` as fractions like
-mmaction2, CheckpointHook interval 1) into `OUT/work_dir`, and writes `OUT/facts.json`: the metrics the live
-runner produced per epoch (captured by a hook, not read back from the logs) and the config path. Tests call
-:func:`make_work_dir` (cached under pytest's session temp dir), which runs that in a subprocess so mmengine's
-global state never leaks into the test process. Names are registered with unique `CkptRuns*` names.
+`mmengine.runner.Runner` for 4 epochs (val every epoch; `CkptRunsTop1` logs `acc/top1` and `acc/mean1` as
+fractions, like mmaction2; CheckpointHook interval 1) into `OUT/work_dir`, and writes `OUT/facts.json`: the
+metrics and iteration counts of the live runner per epoch (captured by a hook, not read back from the logs) and
+`OUT/config.py` (the same run as a config file). Tests call :func:`make_work_dir` (cached under pytest's session
+temp dir), which runs this in a subprocess so mmengine's global state stays out of the test process. The toy names
+(`CkptRuns*`) are registered on import when mmengine is already loaded (a config's custom_imports), else by
+:func:`register`.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ COLLAPSE_LOG = """\
 COLLAPSE_TOP1 = {10: 0.5512, 11: 0.5745, 12: 0.3264, 13: 0.4410}
 
 
-def _register():
+def register():
+    """Register the toy model, dataset, metric and hook in mmengine's root registries (imports torch)."""
     import torch
     import torch.nn.functional as F
     from mmengine.evaluator import BaseMetric
@@ -94,10 +97,11 @@ def _register():
         """Writes the metrics the runner computed, per epoch, to a JSON file (the test's ground truth)."""
 
         def __init__(self, path):
-            self.path, self.seen = path, {}
+            self.path, self.seen = path, {"metrics": {}, "iters": {}}
 
         def after_val_epoch(self, runner, metrics=None):
-            self.seen[str(runner.epoch)] = {k: float(v) for k, v in (metrics or {}).items()}
+            self.seen["metrics"][str(runner.epoch)] = {k: float(v) for k, v in (metrics or {}).items()}
+            self.seen["iters"][str(runner.epoch)] = runner.iter
             Path(self.path).write_text(json.dumps(self.seen))
 
 
@@ -144,8 +148,8 @@ def build(out: str) -> dict:
     work_dir, facts = str(out_p / "work_dir"), str(out_p / "metrics.json")
     (out_p / "config.py").write_text(config_text(work_dir, facts))
     Runner.from_cfg(Config(runner_cfg(work_dir, facts))).train()
-    result = {"work_dir": work_dir, "config": str(out_p / "config.py"), "epochs": EPOCHS,
-              "metrics": json.loads(Path(facts).read_text())}
+    seen = json.loads(Path(facts).read_text())
+    result = {"work_dir": work_dir, "config": str(out_p / "config.py"), "epochs": EPOCHS, **seen}
     (out_p / "facts.json").write_text(json.dumps(result))
     return result
 
@@ -161,12 +165,9 @@ def make_work_dir(base: Path) -> dict:
     return json.loads(facts.read_text())
 
 
-try:  # imported by a test or by an mmengine config (custom_imports): register the toy names
-    import mmengine  # noqa: F401
-except ImportError:
-    pass
-else:
-    _register()
+if "mmengine" in sys.modules:  # imported by an mmengine config (custom_imports): register the toy names
+    register()
 
 if __name__ == "__main__":
+    register()
     build(sys.argv[1])
