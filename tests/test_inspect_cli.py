@@ -120,3 +120,10 @@ def test_version_help_and_module_entry():
     assert CliRunner().invoke(cli, ["--version"]).output.startswith("ckpt, version")
     out = subprocess.run([sys.executable, "-m", "ckpttool", "inspect", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--check-finite" in out.stdout
+
+
+@pytest.mark.parametrize("argv", [["inspect"], ["inspect", "x", "--depth", "abc"], ["nope"], ["inspect", "x", "--bogus"]])
+def test_usage_errors_are_one_line_exit_2(argv):
+    out = CliRunner().invoke(cli, argv)
+    assert out.exit_code == 2 and out.stderr.startswith("ckpt: error: ")
+    assert len(out.stderr.strip().splitlines()) == 1

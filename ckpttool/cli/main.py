@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
@@ -19,6 +20,25 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def main(self, args=None, prog_name=None, **kwargs):
+        """Usage errors (a bad option value, a missing argument) are one line on stderr and exit 2, like every
+        other input error; Click's multi-line usage block is left to --help."""
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(args, prog_name, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "ckpt"
+            click.echo(f"ckpt: error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"ckpt: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("ckpt: aborted", err=True)
+            sys.exit(1)
+
     def list_commands(self, ctx):
         return [name for name, target in COMMANDS.items() if _available(target)]
 
