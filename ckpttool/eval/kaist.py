@@ -56,16 +56,16 @@ class _Layout:
 
     def __init__(self, ann: Annotations, det: Detections):
         n_img = len(ann.image_ids)
-        order = np.lexsort((-det.score, det.img))          # by image, then score descending (stable)
-        rank = np.empty(len(order), dtype=np.int64)
-        starts = np.searchsorted(det.img[order], np.arange(n_img))
-        rank[order] = np.arange(len(order)) - starts[det.img[order]]
-        keep = np.flatnonzero(rank < MAX_DETS)
-        self.file_index = keep
-        self.det_img, self.rank = det.img[keep], rank[keep]
-        self.box, self.score = det.box[keep], det.score[keep]
+        order = _by_image_then_score(det.img, det.score)
+        img = det.img[order]
+        rank = np.arange(len(order)) - np.searchsorted(img, img)
+        keep = rank < MAX_DETS
+        # every per-detection array below is in this order: by image, then score descending (stable)
+        self.file_index = order[keep]
+        self.det_img, self.rank = img[keep], rank[keep]
+        self.box, self.score = det.box[self.file_index], det.score[self.file_index]
         self.images_with_dets = np.bincount(self.det_img, minlength=n_img) > 0
-        self.score_order = np.lexsort((self.rank, self.det_img, -self.score))   # the scripts' global order
+        self.score_order = np.argsort(-self.score, kind="stable")   # the scripts' global order
         # GTs grouped by image, in annotation order; slot = position inside the image
         self.gt_order = np.argsort(ann.gt_img, kind="stable")
         counts = np.bincount(ann.gt_img, minlength=n_img)
@@ -75,14 +75,20 @@ class _Layout:
         first = np.concatenate([[0], np.cumsum(n_pairs)[:-1]])
         pair_slot = np.arange(len(pair_det)) - np.repeat(first, n_pairs)
         pair_gt = self.gt_order[self.gt_start[self.det_img[pair_det]] + pair_slot]
-        dx, dy, dw, dh = (c[pair_det] for c in self.box.T)
-        gx, gy, gw, gh = (c[pair_gt] for c in ann.gt_box.T)
-        uw = np.minimum(dx + dw, gx + gw) - np.maximum(dx, gx)
-        uh = np.minimum(dy + dh, gy + gh) - np.maximum(dy, gy)
+        dcol, gcol = np.ascontiguousarray(self.box.T), np.ascontiguousarray(ann.gt_box.T)
         # only pairs that (nearly) touch can reach an overlap of 0.5; -2 leaves room for VOC's +1 pixel boxes
-        near = np.flatnonzero((uw > -2) & (uh > -2))
-        self.pair_det, self.pair_slot, self.pair_gt = pair_det[near], pair_slot[near], pair_gt[near]
-        uw, uh, dw, dh, gw, gh = uw[near], uh[near], dw[near], dh[near], gw[near], gh[near]
+        dx, dw, gx, gw = dcol[0, pair_det], dcol[2, pair_det], gcol[0, pair_gt], gcol[2, pair_gt]
+        uw = np.minimum(dx + dw, gx + gw) - np.maximum(dx, gx)
+        x = np.flatnonzero(uw > -2)
+        pair_det, pair_slot, pair_gt = pair_det[x], pair_slot[x], pair_gt[x]
+        dx, dw, gx, gw, uw = dx[x], dw[x], gx[x], gw[x], uw[x]
+        dy, dh, gy, gh = dcol[1, pair_det], dcol[3, pair_det], gcol[1, pair_gt], gcol[3, pair_gt]
+        uh = np.minimum(dy + dh, gy + gh) - np.maximum(dy, gy)
+        y = np.flatnonzero(uh > -2)
+        self.pair_det, self.pair_slot, self.pair_gt = pair_det[y], pair_slot[y], pair_gt[y]
+        self.pair_boxes = np.stack([dx, dy, dw, dh, gx, gy, gw, gh])[:, y]   # x, y, w, h: detection, GT
+        uw, uh = uw[y], uh[y]
+        dw, dh, gw, gh = self.pair_boxes[[2, 3, 6, 7]]
         # float64, the MLPD script's arithmetic: IoU, and intersection / detection area for ignored GTs
         pos = (uw > 0) & (uh > 0)
         inter = np.where(pos, uw * uh, 0.0)
@@ -90,6 +96,13 @@ class _Layout:
         with np.errstate(divide="ignore", invalid="ignore"):
             self.iou = np.where(pos, inter / (darea + gw * gh - inter), 0.0)
             self.ioa = np.where(pos, inter / darea, 0.0)
+
+
+def _by_image_then_score(img, score):
+    """Stable order by image, then descending score; files usually come that way already."""
+    if len(img) < 2 or (np.all(img[1:] >= img[:-1]) and np.all((img[1:] != img[:-1]) | (score[1:] <= score[:-1]))):
+        return np.arange(len(img))
+    return np.lexsort((-score, img))
 
 
 def _count_unsorted(det: Detections) -> int:
@@ -114,9 +127,8 @@ def match(lay: _Layout, ignored: np.ndarray):
     if not len(live):
         return gt, on_ignored
     det = lay.pair_det[live]
-    # dets taking part, renumbered by their order inside the image
-    dets = np.unique(det)
-    order = dets[np.lexsort((lay.rank[dets], lay.det_img[dets]))]
+    # dets taking part (np.unique: by image and rank, the layout's order), renumbered inside their image
+    order = np.unique(det)
     img = lay.det_img[order]
     round_of = np.empty(n_det, dtype=np.int64)
     round_of[order] = np.arange(len(order)) - np.searchsorted(img, img)
@@ -188,8 +200,7 @@ def voc_tpfp(lay, ann, ignored):
     Returns (rows, tp, fp, score): detections ordered by image then file order (eval_map's input order)."""
     f32 = np.float32
     n_det = len(lay.rank)
-    dx, dy, dw, dh = (c[lay.pair_det] for c in lay.box.T)
-    gx, gy, gw, gh = (c[lay.pair_gt] for c in ann.gt_box.T)
+    dx, dy, dw, dh, gx, gy, gw, gh = lay.pair_boxes
     dx1, dy1, dx2, dy2 = dx.astype(f32), dy.astype(f32), (dx + dw).astype(f32), (dy + dh).astype(f32)
     gx1, gy1, gx2, gy2 = gx.astype(f32), gy.astype(f32), (gx + gw).astype(f32), (gy + gh).astype(f32)
     area_d = (dx2 - dx1 + 1.0) * (dy2 - dy1 + 1.0)
@@ -203,37 +214,37 @@ def voc_tpfp(lay, ann, ignored):
     ign = ignored[lay.pair_gt[live]]
     live = live[np.lexsort((lay.pair_slot[live], ign, -iou[live], lay.pair_det[live]))]
     ign = ignored[lay.pair_gt[live]]
-    first = np.r_[True, lay.pair_det[live][1:] != lay.pair_det[live][:-1]]
+    first = np.concatenate(([True], lay.pair_det[live][1:] != lay.pair_det[live][:-1]))
     best, best_ign = live[first], ign[first]
     target = np.full(n_det, -1, dtype=np.int64)
     target[lay.pair_det[best[~best_ign]]] = lay.pair_gt[best[~best_ign]]
     to_ign = np.zeros(n_det, dtype=bool)
     to_ign[lay.pair_det[best[best_ign]]] = True
-    rows = np.lexsort((lay.file_index, lay.det_img))
-    score = lay.score[rows].astype(f32)
-    target, to_ign = target[rows], to_ign[rows]
-    proc = _processing_order(lay.det_img[rows], score, target, target >= 0)
+    score = lay.score.astype(f32)
+    proc = _processing_order(lay, score, target)
     cand = proc[(target >= 0)[proc]]
     _, first_hit = np.unique(target[cand], return_index=True)
-    tp = np.zeros(len(rows), dtype=f32)
+    tp = np.zeros(n_det, dtype=f32)
     tp[cand[first_hit]] = 1
     fp = (~to_ign).astype(f32) - tp
-    return rows, tp, fp, score
+    fi = lay.file_index
+    rows = np.arange(n_det) if np.all(fi[1:] > fi[:-1]) else np.lexsort((fi, lay.det_img))
+    return rows, tp[rows], fp[rows], score[rows]
 
 
-def _processing_order(img, score, gti, cand):
-    """Order in which tpfp_default visits detections: image by image, ``np.argsort(-score)`` inside each.
-
-    A stable sort gives the same true positives unless two detections of one image tie on score for the same GT;
-    only such images are sorted again with numpy's own (unstable) argsort, as mmdetection does."""
-    order = np.lexsort((-score, img))
-    c = order[cand[order]]
-    c = c[np.lexsort((-score[c], gti[c]))]
-    tie = (np.diff(gti[c]) == 0) & (np.diff(score[c]) == 0)
-    starts = np.searchsorted(img, np.arange(img.max(initial=-1) + 2))
-    for t in np.unique(img[c[1:][tie]]):
+def _processing_order(lay, score, target):
+    """Order in which tpfp_default visits detections: image by image, ``np.argsort(-score)`` of the image's
+    detections in file order. Any order by descending float32 score gives the same true positives unless two
+    detections of one image tie on score for the same GT; only such images are ordered again exactly."""
+    order = np.arange(len(score))
+    c = np.flatnonzero(target >= 0)
+    c = c[np.lexsort((-score[c], target[c]))]
+    tie = (np.diff(target[c]) == 0) & (np.diff(score[c]) == 0)
+    starts = np.searchsorted(lay.det_img, np.arange(lay.det_img.max(initial=-1) + 2))
+    for t in np.unique(lay.det_img[c[1:][tie]]):
         a, b = starts[t], starts[t + 1]
-        order[a:b] = a + np.argsort(-score[a:b])
+        in_file = np.argsort(lay.file_index[a:b])
+        order[a:b] = a + in_file[np.argsort(-score[a:b][in_file])]
     return order
 
 
@@ -271,8 +282,9 @@ def _ap_11(recalls, precisions):
 
 
 def evaluate_detections(ann: Annotations, det: Detections, setup: str = "Reasonable",
-                        curves: bool = False) -> dict:
-    """One method's row: MR/recall/AP per subset under both protocols (fractions of 1 inside, % outside)."""
+                        curves: str | None = None, ap: bool = True) -> dict:
+    """One method's row: MR and recall per subset under both protocols, AP@0.5 per subset (percentages).
+    ``curves``: a protocol whose miss-rate/FPPI curves to add under "curves" (for plots)."""
     lay = _Layout(ann, det)
     ignored = gt_ignored(ann, setup)
     gt, on_ign = match(lay, ignored)
@@ -285,11 +297,11 @@ def evaluate_detections(ann: Annotations, det: Detections, setup: str = "Reasona
         for sub, mask in masks.items():
             m, r, fppi, miss = _miss_rates(lay, ann, gt, on_ign, ignored, mask, proto)
             mr[sub], rec[sub] = _pct(m), _pct(r)
-            if proto == "mlpd" and curves:
+            if proto == curves:
                 curve[sub] = {"fppi": fppi, "miss_rate": miss}
         out["protocols"][proto] = {"MR": mr, "recall": rec}
-    tpfp = voc_tpfp(lay, ann, ignored)
-    for sub, mask in masks.items():
+    tpfp = voc_tpfp(lay, ann, ignored) if ap else None
+    for sub, mask in masks.items() if ap else ():
         ap = average_precision(tpfp, lay, ann, ignored, mask)
         out["AP50"][sub], out["AP50_area"][sub] = _pct(ap["11points"]), _pct(ap["area"])
     no_det = ~lay.images_with_dets
@@ -338,7 +350,7 @@ def evaluate_kaist(preds, ann_path: str, protocol: str = "mlpd", setup: str = "R
     ann = load_annotations(ann_path)
     methods, seen = [], {}
     for path in preds:
-        row = evaluate_detections(ann, load_detections(path, ann), setup, curves)
+        row = evaluate_detections(ann, load_detections(path, ann), setup, protocol if curves else None)
         n = seen[row["name"]] = seen.get(row["name"], 0) + 1
         if n > 1:
             row["name"] = f"{row['name']}#{n}"
