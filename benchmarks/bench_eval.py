@@ -87,18 +87,21 @@ def _evaluate_image(ann, det, ignored, gt, dt):
 def _accumulate(evals, n_images, protocol):
     if protocol == "mlpd":
         evals = [e for e in evals if e["has_dets"]]
+    npos = int(sum(np.count_nonzero(~e["gt_ignore"]) for e in evals))
+    if not evals or npos == 0:
+        return None, None
     scores = np.concatenate([np.asarray(e["scores"], dtype=np.float64) for e in evals])
     # mlpd: a match to the GT with id 0 is a false positive; matlab: any match to a regular GT is a true positive
     flags = [t[0] if protocol == "mlpd" else t[1] for e in evals for t in e["tp"]]
     tps = np.asarray(flags, dtype=bool)[np.argsort(-scores, kind="mergesort")]
-    npos = int(sum(np.count_nonzero(~e["gt_ignore"]) for e in evals))
     tp_sum = np.cumsum(tps).astype(np.float64)
     fp_sum = np.cumsum(~tps).astype(np.float64)
     fppi, recall = fp_sum / n_images, tp_sum / npos
     q = []
     for ref in FPPI[protocol]:
         i = int(np.searchsorted(fppi, ref, side="right")) - 1
-        q.append(recall[i] if i >= 0 else (recall[-1] if protocol == "mlpd" else 0.0))
+        wrap = recall[-1] if protocol == "mlpd" and len(recall) else 0.0
+        q.append(recall[i] if i >= 0 else wrap)
     miss = np.maximum(1e-10, 1 - np.array(q)) if protocol == "matlab" else 1 - np.array(q)
     with np.errstate(divide="ignore"):
         mr = float(np.exp(np.mean(np.log(miss))))
@@ -149,6 +152,8 @@ def loop_voc_ap(ann, det, ignored, subset):
         scores += [det.score[d] for d in ds]
         tps += tp
         fps += fp
+    if n_pos == 0:
+        return 0.0, 0.0
     order = np.argsort(-np.array(scores, dtype=np.float32))
     tp = np.cumsum(np.array(tps, dtype=np.float32)[order])
     fp = np.cumsum(np.array(fps, dtype=np.float32)[order])

@@ -255,3 +255,46 @@ def test_bad_annotation_and_options(tmp_path):
         load_annotations(str(bad))
     with pytest.raises(CkptError, match="unknown setup"):
         evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN), setup="Easy")
+
+
+# -- random scenes: the vectorised code against the per-image loops ----------------------------------------------
+def random_scene(seed):
+    from ckpttool.eval.kaist_io import Annotations, Detections
+
+    rng = np.random.default_rng(seed)
+    n_img = int(rng.integers(1, 7))
+    names = [f"set{rng.choice(['06', '10'])}/V000/I{i:05d}" for i in range(n_img)]
+    gt_img = np.sort(rng.integers(0, n_img, int(rng.integers(0, 12))))
+    base = rng.uniform(0, 560, (len(gt_img), 2))
+    gt_box = np.column_stack([base, rng.uniform(10, 40, len(gt_img)), rng.uniform(30, 120, len(gt_img))]).round()
+    ann = Annotations("scene.json", np.arange(n_img), names, np.array([n.startswith("set06") for n in names]),
+                      gt_img, gt_box, gt_box[:, 3].copy(), rng.integers(0, 3, len(gt_img)),
+                      rng.random(len(gt_img)) < 0.2, rng.permutation(len(gt_img)))
+    n_det = int(rng.integers(0, 25))
+    src = rng.integers(0, max(len(gt_img), 1), n_det)
+    on_gt = (rng.random(n_det) < 0.7) & (len(gt_img) > 0)
+    box = np.where(on_gt[:, None], gt_box[src % max(len(gt_img), 1)] if len(gt_img) else 0, 0.0) \
+        + rng.normal(0, 4, (n_det, 4))
+    box[~on_gt] = np.column_stack([rng.uniform(0, 600, (n_det, 2)), rng.uniform(10, 40, n_det),
+                                   rng.uniform(30, 120, n_det)])[~on_gt]
+    box[:, 2:] = np.abs(box[:, 2:]) + 1
+    img = np.where(on_gt, gt_img[src % max(len(gt_img), 1)] if len(gt_img) else 0, rng.integers(0, n_img, n_det))
+    score = rng.choice([0.3, 0.5, 0.7, 0.9], n_det) if seed % 2 else rng.random(n_det)   # ties on odd seeds
+    return ann, Detections("scene_result.txt", "scene", img.astype(np.int64), box, score)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_random_scenes_match_the_loops(bench, seed):
+    ann, det = random_scene(seed)
+    for setup in ("Reasonable", "All"):
+        ignored = gt_ignored(ann, setup)
+        got = evaluate_detections(ann, det, setup)
+        ref = bench.loop_kaist(ann, det, ignored)
+        for proto in ("mlpd", "matlab"):
+            for s in ("all", "day", "night"):
+                mr, rec = ref[proto][s]
+                assert got["protocols"][proto]["MR"][s] == (None if mr is None else 100 * mr), (setup, proto, s)
+                assert got["protocols"][proto]["recall"][s] == (None if rec is None else 100 * rec)
+        for s in ("all", "day"):
+            ap11, area = bench.loop_voc_ap(ann, det, ignored, s)
+            assert (got["AP50"][s], got["AP50_area"][s]) == (100 * ap11, 100 * area), (setup, s)

@@ -69,10 +69,10 @@ class _Layout:
         # GTs grouped by image, in annotation order; slot = position inside the image
         self.gt_order = np.argsort(ann.gt_img, kind="stable")
         counts = np.bincount(ann.gt_img, minlength=n_img)
-        self.gt_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.gt_start = np.cumsum(counts) - counts
         n_pairs = counts[self.det_img]
         pair_det = np.repeat(np.arange(len(keep)), n_pairs)
-        first = np.concatenate([[0], np.cumsum(n_pairs)[:-1]])
+        first = np.cumsum(n_pairs) - n_pairs
         pair_slot = np.arange(len(pair_det)) - np.repeat(first, n_pairs)
         pair_gt = self.gt_order[self.gt_start[self.det_img[pair_det]] + pair_slot]
         dcol, gcol = np.ascontiguousarray(self.box.T), np.ascontiguousarray(ann.gt_box.T)
@@ -172,8 +172,8 @@ def _miss_rates(lay, ann, gt, on_ign, ignored, subset_mask, protocol):
     else:
         tp = sel & (gt >= 0)
     npig = int(regular_gt.sum())
-    if npig == 0 or not (subset_mask[lay.det_img]).any():
-        return None, None, np.zeros(0), np.zeros(0)
+    if npig == 0 or (protocol == "mlpd" and not subset_mask[lay.det_img].any()):
+        return None, None, np.zeros(0), np.zeros(0)   # the MLPD script reports -1 here
     order = lay.score_order[sel[lay.score_order]]
     tps = tp[order]
     tp_sum = np.cumsum(tps).astype(np.float64)
@@ -214,7 +214,8 @@ def voc_tpfp(lay, ann, ignored):
     ign = ignored[lay.pair_gt[live]]
     live = live[np.lexsort((lay.pair_slot[live], ign, -iou[live], lay.pair_det[live]))]
     ign = ignored[lay.pair_gt[live]]
-    first = np.concatenate(([True], lay.pair_det[live][1:] != lay.pair_det[live][:-1]))
+    first = np.ones(len(live), dtype=bool)
+    first[1:] = lay.pair_det[live][1:] != lay.pair_det[live][:-1]
     best, best_ign = live[first], ign[first]
     target = np.full(n_det, -1, dtype=np.int64)
     target[lay.pair_det[best[~best_ign]]] = lay.pair_gt[best[~best_ign]]
@@ -308,7 +309,7 @@ def evaluate_detections(ann: Annotations, det: Detections, setup: str = "Reasona
     lost = ~ignored & no_det[ann.gt_img]
     out["images_without_detections"] = int(no_det.sum())
     out["gts_in_images_without_detections"] = int(lost.sum())
-    out["gt_id0_matches"] = int(np.count_nonzero((gt >= 0) & ~on_ign & (ann.gt_id[np.maximum(gt, 0)] == 0)))
+    out["gt_id0_matches"] = int(np.count_nonzero(ann.gt_id[gt[(gt >= 0) & ~on_ign]] == 0))
     out["unsorted_images"] = _count_unsorted(det)
     if curves:
         out["curves"] = curve

@@ -8,14 +8,17 @@
   RGBPoseConv3D) and ``gt_label`` (tensor (1,)). Read with ``ckpttool.io.load_pickle``: no code from the file runs.
   (mmaction2 1.0's ``pred_scores={'item': ...}`` / ``gt_labels={'item': ...}`` are read too.) A single-array
   ``pred_score`` becomes the stream ``score``.
-- per-clip score file (``.npz``, written by ``ckpt eval CONFIG CHECKPOINT --dump``): ``labels`` (N,) and either
-  ``scores`` (N, C) / (N, V, C) or one ``scores_<stream>`` array per stream. Loaded with ``allow_pickle=False``.
+- per-clip score files (``.npz``, loaded with ``allow_pickle=False``): the score cache of
+  ``ckpt eval CONFIG CHECKPOINT --cache DIR`` (``clips<k>-<key>.npz``: ``meta`` JSON with ``streams``, ``labels``,
+  ``views_<i>`` (N, V, C) per stream), or a plain file with ``labels`` (N,) and ``scores`` (N, C) / (N, V, C) or one
+  ``scores_<stream>`` array per stream.
 
 ``read_split_labels(ann_path, split)`` gives the labels of an NTU60 annotation pickle's split, in the order
 mmaction2's PoseDataset uses (annotations filtered by membership in ``split[name]``).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -128,6 +131,12 @@ def _read_npz(path):
     streams = {k[len("scores_"):]: v for k, v in data.items() if k.startswith("scores_")}
     if "scores" in data:
         streams["score"] = data["scores"]
+    if not streams and "meta" in data:   # the score cache of `ckpt eval CONFIG CHECKPOINT --cache DIR`
+        try:
+            names = json.loads(str(data["meta"]))["streams"]
+            streams = {str(name): data[f"views_{i}"] for i, name in enumerate(names)}
+        except (ValueError, KeyError, TypeError):
+            raise FormatError(f"{_name(path)}: 'meta' does not describe the 'views_<i>' arrays") from None
     if not streams:
         raise FormatError(f"{_name(path)}: no 'scores' or 'scores_<stream>' array")
     n = None
