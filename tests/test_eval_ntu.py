@@ -214,3 +214,21 @@ def test_score_cache_file_of_model_runs_is_read(tmp_path):
     assert list(p.streams) == ["rgb", "pose"] and np.array_equal(p.labels, labels)
     r = evaluate_ntu([str(path)], aggregate="score")
     assert r["rows"] == ntu_rows({s: v.mean(axis=1) for s, v in views.items()}, labels)
+
+
+def test_malformed_dumps_name_the_item(tmp_path):
+    good = {"pred_score": torch.rand(60), "gt_label": torch.tensor([1])}
+    cases = {
+        "shape.pkl": ([good, {"pred_score": torch.rand(59), "gt_label": torch.tensor([1])}],
+                      r"^shape.pkl: item 1: pred_score\['score'\] has shape \(59,\), item 0 has \(60,\)"),
+        "multi.pkl": ([good, {"pred_score": torch.rand(60), "gt_label": torch.tensor([1, 2])}],
+                      "^multi.pkl: item 1: gt_label must be one class index"),
+        "nolabel.pkl": ([good, {"pred_score": torch.rand(60)}], "^nolabel.pkl: item 1: no 'gt_label'"),
+        "ints.pkl": ([{"pred_score": torch.arange(60), "gt_label": torch.tensor([1])}], "must be float arrays"),
+        "noscore.pkl": ([{"gt_label": torch.tensor([1])}], "^noscore.pkl: item 0: no 'pred_score'"),
+    }
+    for name, (items, message) in cases.items():
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(items, f)
+        with pytest.raises(CkptError, match=message):
+            read_predictions(str(tmp_path / name))

@@ -66,14 +66,14 @@ def read_predictions(path: str) -> Predictions:
             raise FormatError(f"{_name(path)}: item {i}: score streams {sorted(score)} differ from item 0's "
                               f"{sorted(per_stream)}")
         for k, v in score.items():
-            per_stream.setdefault(k, []).append(_array(path, i, v, f"pred_score[{k!r}]"))
+            per_stream.setdefault(k, []).append(_values(v))
         label = _item(item, "gt_label", "gt_labels")
-        labels.append(None if label is None else _label(path, i, label))
+        labels.append(None if label is None else _values(label))
     streams = {k: _stack(path, k, v) for k, v in per_stream.items()}
     if any(v is None for v in labels):
         labels = None if all(v is None for v in labels) else _missing_label(path, labels)
     else:
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = _labels(path, labels)
     return Predictions(path, streams, labels)
 
 
@@ -87,24 +87,20 @@ def _item(item, *keys):
     return None
 
 
-def _array(path, i, value, what):
-    a = value.numpy() if hasattr(value, "numpy") else value
-    try:
-        a = np.asarray(a, dtype=np.float32) if not isinstance(a, np.ndarray) else np.asarray(a)
-    except (TypeError, ValueError):
-        raise FormatError(f"{_name(path)}: item {i}: {what} is not numeric") from None
-    if a.ndim not in (1, 2) or a.size == 0 or not np.issubdtype(a.dtype, np.floating):
-        raise FormatError(f"{_name(path)}: item {i}: {what} must be a float array (C,) or (views, C), "
-                          f"got shape {a.shape} {a.dtype}")
-    return a
+def _values(value):
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def _label(path, i, value):
-    a = np.asarray(value.numpy() if hasattr(value, "numpy") else value).reshape(-1)
-    if a.size != 1 or not (np.issubdtype(a.dtype, np.integer) or float(a[0]).is_integer()):
+def _labels(path, labels):
+    sizes = np.fromiter((a.size for a in labels), dtype=np.int64, count=len(labels))
+    if (sizes != 1).any():
+        i = int(np.argmax(sizes != 1))
         raise FormatError(f"{_name(path)}: item {i}: gt_label must be one class index (multi-label dumps are "
-                          f"not supported), got shape {a.shape}")
-    return int(a[0])
+                          f"not supported), got shape {labels[i].shape}")
+    flat = np.concatenate([a.reshape(1) for a in labels])
+    if not np.issubdtype(flat.dtype, np.integer) and not (flat == np.round(flat)).all():
+        raise FormatError(f"{_name(path)}: gt_label must be integer class indices, got {flat.dtype}")
+    return flat.astype(np.int64)
 
 
 def _missing_label(path, labels):
@@ -113,13 +109,16 @@ def _missing_label(path, labels):
 
 
 def _stack(path, stream, arrays):
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        first = arrays[0].shape
+    first = arrays[0].shape
+    if any(a.shape != first for a in arrays):
         i = next(k for k, a in enumerate(arrays) if a.shape != first)
         raise FormatError(f"{_name(path)}: item {i}: pred_score[{stream!r}] has shape {arrays[i].shape}, "
                           f"item 0 has {first}")
-    return np.stack(arrays)
+    out = np.stack(arrays)
+    if out.ndim not in (2, 3) or out.size == 0 or not np.issubdtype(out.dtype, np.floating):
+        raise FormatError(f"{_name(path)}: pred_score[{stream!r}] must be float arrays (C,) or (views, C), "
+                          f"got shape {first} {out.dtype}")
+    return out
 
 
 def _read_npz(path):
