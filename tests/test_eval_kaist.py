@@ -114,7 +114,8 @@ def test_images_without_detections_are_skipped_by_mlpd_only(tmp_path):
     # mlpd: 1 GT counted, recall 1 at every FPPI point -> MR 0; matlab: 2 GTs, recall 1/2 -> MR 50
     assert mlpd["MR"]["all"] == 0.0 and mlpd["recall"]["all"] == 100.0
     assert matlab["MR"]["all"] == pytest.approx(50.0, abs=1e-12) and matlab["recall"]["all"] == 50.0
-    assert m["images_without_detections"] == 1 and m["gts_in_images_without_detections"] == 1
+    assert m["images_without_detections"] == 1
+    assert m["mlpd_differences"]["all"] == {"images_without_detections": 1, "gts_not_counted": 1, "gt_id0_matches": 0}
     assert any("1 images have no detection: their 1 GTs are not counted under mlpd" in n for n in m["notes"])
 
 
@@ -124,7 +125,9 @@ def test_match_to_gt_with_id_zero_is_a_false_positive_under_mlpd(tmp_path):
     # mlpd: the first detection is a FP (GT id 0) at FPPI 1 (one image), then a TP -> recall 1/2 at FPPI 1
     assert m["protocols"]["mlpd"]["recall"]["all"] == 50.0
     assert m["protocols"]["matlab"]["recall"]["all"] == 100.0
-    assert m["gt_id0_matches"] == 1
+    assert m["mlpd_differences"]["day"]["gt_id0_matches"] == 1
+    assert m["mlpd_differences"]["night"]["gt_id0_matches"] == 0
+    assert any("1 detection(s) matched to the GT with id 0" in n for n in m["notes"])
 
 
 def test_ignored_gts_absorb_detections_by_intersection_over_detection_area(tmp_path):

@@ -303,14 +303,19 @@ def evaluate_detections(ann: Annotations, det: Detections, setup: str = "Reasona
         out["protocols"][proto] = {"MR": mr, "recall": rec}
     tpfp = voc_tpfp(lay, ann, ignored) if ap else None
     for sub, mask in masks.items() if ap else ():
-        ap = average_precision(tpfp, lay, ann, ignored, mask)
-        out["AP50"][sub], out["AP50_area"][sub] = _pct(ap["11points"]), _pct(ap["area"])
+        res = average_precision(tpfp, lay, ann, ignored, mask)
+        out["AP50"][sub], out["AP50_area"][sub] = _pct(res["11points"]), _pct(res["area"])
     no_det = ~lay.images_with_dets
     lost = ~ignored & no_det[ann.gt_img]
+    hit = (gt >= 0) & ~on_ign
+    id0 = np.zeros(len(gt), dtype=bool)
+    id0[hit] = ann.gt_id[gt[hit]] == 0
     out["images_without_detections"] = int(no_det.sum())
-    out["gts_in_images_without_detections"] = int(lost.sum())
-    out["gt_id0_matches"] = int(np.count_nonzero(ann.gt_id[gt[(gt >= 0) & ~on_ign]] == 0))
     out["unsorted_images"] = _count_unsorted(det)
+    out["mlpd_differences"] = {sub: {"images_without_detections": int((no_det & mask).sum()),
+                                     "gts_not_counted": int((lost & mask[ann.gt_img]).sum()),
+                                     "gt_id0_matches": int((id0 & mask[lay.det_img]).sum())}
+                               for sub, mask in masks.items()}
     if curves:
         out["curves"] = curve
     return out
@@ -327,13 +332,13 @@ def explain(row: dict, threshold: float = 0.5) -> list[str]:
     for sub in SUBSETS:
         if a[sub] is None or b[sub] is None or abs(a[sub] - b[sub]) <= threshold:
             continue
-        why = []
-        if row["gts_in_images_without_detections"]:
-            why.append(f"{row['images_without_detections']} images have no detection: their "
-                       f"{row['gts_in_images_without_detections']} GTs are not counted under mlpd")
-        if row["gt_id0_matches"]:
-            why.append(f"{row['gt_id0_matches']} detection(s) matched to the GT with id 0 count as false "
-                       "positives under mlpd")
+        why, d = [], row["mlpd_differences"][sub]
+        if d["gts_not_counted"]:
+            why.append(f"{d['images_without_detections']} images have no detection: their {d['gts_not_counted']} "
+                       "GTs are not counted under mlpd")
+        if d["gt_id0_matches"]:
+            why.append(f"{d['gt_id0_matches']} detection(s) matched to the GT with id 0 count as false positives "
+                       "under mlpd")
         why.append("mlpd rounds the FPPI points and takes the final recall below the first false positive")
         notes.append(f"{row['name']} {sub}: MR {a[sub]:.2f} (mlpd) vs {b[sub]:.2f} (matlab): " + "; ".join(why))
     return notes
