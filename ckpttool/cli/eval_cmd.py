@@ -23,7 +23,8 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--ann", type=click.Path(), help="Annotation file: KAIST json, or NTU60 pkl for the labels.")
 @click.option("--split", help="ntu60: the split of --ann (xsub_val, xview_val, ...); with CONFIG: the test split.")
 @click.option("--aggregate", type=click.Choice(["prob", "score", "max"]),
-              help="How per-view scores are averaged: prob = softmax then mean (default), score = mean, max.")
+              help="How per-view scores are averaged: prob = softmax then mean (default; with CONFIG: the "
+                   "model's average_clips), score = mean, max = element-wise max.")
 @click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
               help="Also report the table for the first K views, e.g. 1,3,5,10.")
 @click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
@@ -47,7 +48,8 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--launcher", type=click.Choice(["none", "pytorch"]), default="none", show_default=True)
 @click.option("--limit", type=int, help="With CONFIG: only the first N test samples.")
-@click.option("--dump", type=click.Path(), metavar="DIR", help="With CONFIG: write per-clip scores (.npz) to DIR.")
+@click.option("--dump", type=click.Path(), metavar="DIR",
+              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
