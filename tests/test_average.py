@@ -54,6 +54,13 @@ def reference(paths, key, weights=None):
     return np.sum([wi * x for wi, x in zip(w, xs)], axis=0)
 
 
+def rounded(ref64, dtype):
+    """The float64 reference rounded to `dtype`: numpy's correctly rounded casts; bfloat16 via float32 (as torch)."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(ref64.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(ref64.astype({torch.float32: np.float32, torch.float16: np.float16}[dtype]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_mean_equals_numpy_reference_and_keeps_dtype(tmp_path, dtype):
     paths = make_inputs(tmp_path, dtype)
@@ -66,10 +73,22 @@ def test_mean_equals_numpy_reference_and_keeps_dtype(tmp_path, dtype):
         t = got["state_dict"][key]
         assert t.dtype == dtype
         ref = reference(paths, key)
-        # correctly rounded from the float64 mean: equal to torch's own rounding of the reference
-        assert torch.equal(t, torch.from_numpy(ref).to(dtype)), key
+        assert torch.equal(t, rounded(ref, dtype)), key
         tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
         np.testing.assert_allclose(t.double().numpy(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("src,dst", [(torch.float32, "bfloat16"), (torch.bfloat16, "float32"),
+                                     (torch.float32, "float16")])
+def test_dtype_option_converts_floating_tensors_only(tmp_path, src, dst):
+    paths = make_inputs(tmp_path, src)
+    out = tmp_path / "avg.pth"
+    assert run(*paths, "-o", out, "--dtype", dst)[0] == 0
+    sd = load_sd(out)["state_dict"]
+    want = getattr(torch, dst)
+    assert sd["head.fc.weight"].dtype == want
+    assert torch.equal(sd["head.fc.weight"], rounded(reference(paths, "head.fc.weight"), want))
+    assert sd["backbone.bn.num_batches_tracked"].dtype == torch.int64 and sd["mask"].dtype == torch.bool
 
 
 def test_weights_normalise_and_weighted_reference(tmp_path):

@@ -135,13 +135,17 @@ def test_average_picks_checkpoints_from_the_work_dir(work, tmp_path, how):
 
 
 def test_work_dir_errors_are_one_line(work, tmp_path):
+    out = tmp_path / "o.pth"
     cases = [("runs", tmp_path / "nothing"),
              ("runs", work["work_dir"], "--metric", "no/such"),
-             ("average", "--work-dir", work["work_dir"], "--best", "2", "--metric", "no/such", "-o", tmp_path / "o.pth"),
-             ("average", "--work-dir", work["work_dir"], "--last", "9", "-o", tmp_path / "o.pth"),
-             ("average", "--work-dir", work["work_dir"], "--best", "2", "-o", tmp_path / "o.pth")]
+             ("average", "--work-dir", work["work_dir"], "--best", "2", "--metric", "no/such", "-o", out),
+             ("average", "--work-dir", work["work_dir"], "--last", "9", "-o", out),
+             ("average", "--work-dir", work["work_dir"], "--best", "2", "-o", out),
+             ("average", "--work-dir", work["work_dir"], "--last", "2", "--best", "1", "--metric", "acc/top1",
+              "-o", out),
+             ("average", work["work_dir"] + "/epoch_1.pth", "--work-dir", work["work_dir"], "--last", "2", "-o", out)]
     (tmp_path / "nothing").mkdir()
     for args in cases:
         code, stdout, err = invoke(*args)
         assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, (args, err)
-    assert not (tmp_path / "o.pth").exists()
+    assert not out.exists()

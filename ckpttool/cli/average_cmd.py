@@ -6,8 +6,10 @@ import os
 import click
 
 from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes
+from ckpttool.cli.runs_cmd import value
+from ckpttool.report.output import Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
+from ckpttool.surgery.runs import is_percent
 
 
 @click.command("average")
@@ -79,6 +81,7 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
             os.unlink(out)
     if selected is not None:
         result["selected"] = selected
+        result.setdefault("metric", metric)
     for w in result["warnings"]:
         warn(w)
     finish(result, tables(result), fmt)
@@ -113,14 +116,23 @@ def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, comm
 def tables(r: dict) -> list[Table]:
     out = []
     if r.get("steps"):
-        pct = r["metric"]
-        rows = [[os.path.basename(s["candidate"]), fmt_num(s["metric"], 6), fmt_num(s["soup_metric"], 6),
+        name = r["metric"]
+        pct = is_percent(name, [v for s in r["steps"] for v in (s["metric"], s["soup_metric"])])
+        rows = [[os.path.basename(s["candidate"]), value(s["metric"], pct), value(s["soup_metric"], pct),
                  "kept" if s["kept"] else "dropped"] for s in r["steps"]]
-        out.append(Table(["candidate", pct, f"soup {pct}", "step"], rows,
-                         title=f"Greedy soup ({r['mode']} {pct}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
+        unit = " (%)" if pct else ""
+        out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
+                         title=f"Greedy soup ({r['mode']} {name}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
     rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), f"{i['weight']:.4f}",
              (i.get("sha256") or "-")[:12]] for i in r["inputs"]]
-    out.append(Table(["input", "epoch", "iter", "weight", "sha256"], rows, primary=True,
+    heads = ["input", "epoch", "iter", "weight", "sha256"]
+    logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.get("selected") or []}
+    if any(v is not None for v in logged.values()):
+        pct = is_percent(r["metric"], logged.values())
+        heads.append(f"{r['metric']} (logged{', %' if pct else ''})")
+        for row in rows:
+            row.append(value(logged.get(row[0]), pct))
+    out.append(Table(heads, rows, primary=True,
                      title=f"{r['method']} average of {len(rows)} checkpoint(s) ({r['section']})"))
     info = [["output", r["output"]], ["size", human_bytes(r["bytes"])],
             ["tensors", f"{r['tensors']} ({r['averaged']} averaged, {r['picked']} integer taken by "

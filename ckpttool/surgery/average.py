@@ -19,8 +19,8 @@ from collections import deque
 
 from ckpttool.errors import CkptError
 
-CHUNK = 1 << 16  # elements per accumulation chunk (512 KiB of float64: stays in cache)
-PREFETCH_BYTES = 32 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
+CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
+PREFETCH_BYTES = 16 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
 INT_RULES = ("last", "max", "first", "error")
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 INDEX_RE = re.compile(r"(index|indices|_idx$|^idx)", re.I)           # lookup tables: must agree
@@ -154,30 +154,22 @@ def mean_bytes(refs, weights, out_dtype: str):
     acc, tmp = np.empty(m, acc_t), np.empty(m, acc_t)
     scratch = np.empty(m, np.uint32) if any(r.dtype == "bfloat16" for r in refs) else None
     srcs = [_flat(r) for r in refs]
-    pair = weights is None and len(refs) > 1 and "bfloat16" not in (refs[0].dtype, refs[1].dtype)
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
         a, t = acc[: e - s], tmp[: e - s]
-        if pair:  # x0 + x1 in one pass, same order and rounding as adding them one by one
-            np.add(srcs[0][s:e], srcs[1][s:e], out=a, dtype=acc_t)
-        for i in range(2 if pair else 0, len(srcs)):
-            x = _as_float(srcs[i][s:e], refs[i].dtype, scratch)
-            if weights is None:
-                if i:
-                    np.add(a, x, out=a)
-                else:
-                    np.copyto(a, x)
-            elif i:
-                np.multiply(x, weights[i], out=t, dtype=acc_t)
+        for i, (src, ref) in enumerate(zip(srcs, refs)):
+            dst = t if i else a
+            np.copyto(dst, _as_float(src[s:e], ref.dtype, scratch))   # exact widening, an unbuffered loop
+            if weights is not None:
+                np.multiply(dst, weights[i], out=dst)
+            if i:
                 np.add(a, t, out=a)
-            else:
-                np.multiply(x, weights[0], out=a, dtype=acc_t)
         if weights is None:
             np.divide(a, len(refs), out=a)
         if out_dtype == "bfloat16":
             out[s:e] = bf16_bits(a.astype(np.float32))
         else:
-            np.copyto(out[s:e], a, casting="unsafe")
+            out[s:e] = a
     return memoryview(out).cast("B")
 
 
@@ -269,9 +261,6 @@ def average(paths, out: str, weights=None, section: str | None = None, int_buffe
     names = [os.path.basename(p) for p in in_paths]
     sds = [sd for _, _, sd in inputs]
     uniform = None if len(set(w)) == 1 else w
-    hasher = Hasher(in_paths) if hash_inputs else None
-    if hasher:
-        hasher.start()
 
     warnings, out_dtypes, int_keys = [], {}, []
     for k in keys:
@@ -301,6 +290,9 @@ def average(paths, out: str, weights=None, section: str | None = None, int_buffe
         return _int_bytes(k, refs, int_buffers, names)
 
     outs = [(k, out_dtypes.get(k, sds[0][k].dtype), sds[0][k].shape) for k in keys]
+    hasher = Hasher(in_paths) if hash_inputs else None
+    if hasher:
+        hasher.start()
     written = write_streamed(out, meta, outs, make, in_paths, force, hasher)
     result = {"output": written["path"], "bytes": written["bytes"], "tensors": written["tensors"],
               "method": meta["method"], "inputs": meta["inputs"], "section": meta["section"],
