@@ -18,7 +18,7 @@ ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotIm
 from ckpttool.errors import FormatError
 from ckpttool.io.dtypes import BY_STORAGE, DType, by_name
 from ckpttool.io.tensor import MappedFile, Storage
-from ckpttool.io.unpickle import StorageType, TorchConst, unpickle
+from ckpttool.io.unpickle import StorageType, TorchConst, unpickle, unpickle_plain
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE_BYTES = 1 << 31
@@ -153,13 +153,12 @@ def read_legacy_bytes(data: bytes):
 
 
 def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None):
-    magic, _ = unpickle(f)
-    if magic != LEGACY_MAGIC:
+    if unpickle_plain(f) != LEGACY_MAGIC:
         raise FormatError("not a torch legacy file (bad magic number)")
-    version, _ = unpickle(f)
+    version = unpickle_plain(f)
     if version != 1001:
         raise FormatError(f"unsupported legacy protocol version {version!r}")
-    sys_info, _ = unpickle(f)
+    sys_info = unpickle_plain(f)
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         raise FormatError("big-endian checkpoints are not supported")
     storages: dict[str, Storage] = {}
@@ -175,7 +174,7 @@ def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None =
         return storages[key]
 
     obj, globals_ = unpickle(f, persistent_load, bytes_loader=read_legacy_bytes)
-    keys, _ = unpickle(f)
+    keys = unpickle_plain(f)
     if not isinstance(keys, list):
         raise FormatError("malformed legacy storage key list")
     pos = f.tell()
