@@ -464,8 +464,19 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     missing = [k for k in new if k not in sd]
     if missing:
         raise CkptError(f"BatchNorm buffers of the model are not in {path}: {_few(missing)}")
-    meta = plain(ck.meta) if isinstance(ck.meta, dict) else {}
+    meta = plain(ck.meta) if ck.meta else _safetensors_meta(ck.root)
     meta["bn_stats"] = f"recalibrated on {seen} batch(es) of train_dataloader of {os.path.abspath(config)}"
     items = ((k, new[k].to(getattr(torch, t.dtype)) if k in new else t) for k, t in sd.items())
     save(path, items, meta=meta, force=True)
     return {"config": os.path.abspath(config), "batches": seen, "bn_layers": len(bns), "tensors": len(new)}
+
+
+def _safetensors_meta(root) -> dict:
+    """The meta our safetensors writer stores as JSON in `__metadata__.ckpt_meta`."""
+    import json
+
+    md = root.get("__metadata__") if isinstance(root, dict) else None
+    try:
+        return json.loads(md["ckpt_meta"]) if isinstance(md, dict) and "ckpt_meta" in md else {}
+    except ValueError:
+        return {}
