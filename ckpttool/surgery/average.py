@@ -20,6 +20,7 @@ from collections import deque
 from ckpttool.errors import CkptError
 
 CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
+PROGRESS_BYTES = 64 << 20  # a progress bar (stderr, TTY only) from this output size on
 PREFETCH_BYTES = 16 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
 INT_RULES = ("last", "max", "first", "error")
 DTYPES = ("keep", "float32", "float16", "bfloat16")
@@ -314,6 +315,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher
     PREFETCH_BYTES ahead, so memory stays about one tensor. safetensors writes its header first and lists every
     tensor before any data, so there each tensor is computed when the writer asks for it."""
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     from ckpttool.io.write import OutTensor, atomic_write, verify_file, write_safetensors, write_torch_zip
     from ckpttool.report.progress import progress
@@ -333,7 +335,8 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher
 
     def piped(pool):
         pending, todo = deque(), deque(outs)
-        with progress(outs, length=len(outs), label="averaging") as bar:
+        large = sum(_nbytes(o) for o in outs) >= PROGRESS_BYTES
+        with progress(outs, length=len(outs), label="averaging") if large else nullcontext(outs) as bar:
             ticks = iter(bar)
             while todo or pending:
                 while todo and (not pending or sum(_nbytes(o) for o, _ in pending) + _nbytes(todo[0])
