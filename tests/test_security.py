@@ -90,3 +90,43 @@ def test_payload_in_dcp_metadata_is_refused_and_never_runs(tmp_path, fixtures_di
     out = CliRunner().invoke(cli, ["inspect", str(dcp)])
     assert out.exit_code == 2 and "Traceback" not in out.output
     assert not sentinel.exists()
+
+
+def test_forged_memo_index_costs_no_memory(tmp_path):
+    """LONG_BINPUT 0xFFFFFFF0 makes CPython's C unpickler allocate ~64 GB; ours must reject it cheaply."""
+    import resource
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.pkl"
+    bomb.write_bytes(b"\x80\x02]r\xf0\xff\xff\xff.")
+    code = ("import resource; from ckpttool.io import load_pickle\n"
+            f"d = load_pickle({str(bomb)!r})\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 300 * 1024  # KiB
+
+
+def test_embedded_storage_fast_path_matches_general_parser():
+    """Plain-pickled tensors (mmaction2 dumps) embed a legacy torch file per storage; the byte-exact fast path and
+    the general legacy parser must agree, and the tensor must equal torch's."""
+    import io
+
+    import torch
+
+    from ckpttool.io.torchfile import _embedded_storage, _read_legacy_stream, read_legacy_bytes
+    from ckpttool.io.unpickle import unpickle
+
+    for t in (torch.rand(5), torch.arange(300), torch.zeros(70000, dtype=torch.float16), torch.tensor([True]),
+              torch.rand(3).bfloat16(), torch.tensor([1.5], dtype=torch.float64)):
+        whole = pickle.dumps(t)  # embeds torch.save(t.storage(), legacy) as BINBYTES for _load_from_bytes
+        start = whole.index(b"\x80\x02\x8a\nl\xfc\x9cF")
+        assert whole[start - 5: start - 4] == b"B"
+        raw = whole[start: start + int.from_bytes(whole[start - 4: start], "little")]
+        fast = _embedded_storage(raw)
+        general, _ = _read_legacy_stream(io.BytesIO(raw), data=raw)
+        assert fast is not None, t.dtype
+        assert (fast.numel, fast.data) == (general.numel, general.data)
+        decoded, _ = unpickle(pickle.dumps(t), bytes_loader=read_legacy_bytes)
+        assert torch.equal(decoded.to_torch(), t), t.dtype

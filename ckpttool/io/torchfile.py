@@ -148,8 +148,71 @@ def read_legacy(path: str, mfile: MappedFile):
 
 def read_legacy_bytes(data: bytes):
     """A legacy torch file held in memory (as `torch.storage._load_from_bytes` embeds in plain pickles)."""
+    fast = _embedded_storage(data)
+    if fast is not None:
+        return fast
     obj, _ = _read_legacy_stream(io.BytesIO(data), data=data)
     return obj
+
+
+# The exact bytes torch writes for one storage pickled by `torch.save(storage, _use_new_zipfile_serialization=False)`
+# (what plain-pickled tensors embed): magic, protocol, sys_info, ('storage', torch.<T>Storage, key, location, numel,
+# None), [key], then the element count and the data. `_embedded_storage` parses exactly that and nothing else,
+# without any unpickler (mmaction2 dumps hold tens of thousands of these); anything else takes the general path.
+_EMBED_HEAD = (b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\x80\x02}q\x00(X\x10\x00\x00\x00"
+               b"protocol_versionq\x01M\xe9\x03X\r\x00\x00\x00little_endianq\x02\x88X\n\x00\x00\x00type_sizesq\x03}q"
+               b"\x04(X\x05\x00\x00\x00shortq\x05K\x02X\x03\x00\x00\x00intq\x06K\x04X\x04\x00\x00\x00longq\x07K")
+_EMBED_PID = b"\x80\x02(X\x07\x00\x00\x00storageq\x00ctorch\n"
+
+
+def _embedded_storage(data: bytes) -> Storage | None:
+    try:
+        if not data.startswith(_EMBED_HEAD) or data[len(_EMBED_HEAD) + 1: len(_EMBED_HEAD) + 4] != b"uu.":
+            return None
+        pos = len(_EMBED_HEAD) + 4
+        if data[pos: pos + len(_EMBED_PID)] != _EMBED_PID:
+            return None
+        pos += len(_EMBED_PID)
+        end = data.index(b"\n", pos, pos + 40)
+        dtype = BY_STORAGE.get(data[pos:end].decode("ascii"))
+        if dtype is None or data[end + 1: end + 4] != b"q\x01X":
+            return None
+        key, pos = _counted(data, end + 4)
+        if data[pos: pos + 3] != b"q\x02X":
+            return None
+        _, pos = _counted(data, pos + 3)
+        if data[pos: pos + 2] != b"q\x03":
+            return None
+        numel, pos = _small_int(data, pos + 2)
+        tail = b"Ntq\x04Q.\x80\x02]q\x00X" + len(key).to_bytes(4, "little") + key + b"q\x01a."
+        if numel is None or data[pos: pos + len(tail)] != tail:
+            return None
+        pos += len(tail)
+        (count,) = struct.unpack_from("<q", data, pos)
+        start = pos + 8
+        if count != numel or start + numel * dtype.itemsize != len(data):
+            return None
+        return Storage(key.decode("utf-8"), dtype, numel, data=data[start:])
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+
+
+def _counted(data: bytes, pos: int):
+    n = int.from_bytes(data[pos: pos + 4], "little")
+    if n > 256:
+        raise ValueError("implausible string length")
+    return data[pos + 4: pos + 4 + n], pos + 4 + n
+
+
+def _small_int(data: bytes, pos: int):
+    op = data[pos: pos + 1]
+    if op == b"K":
+        return data[pos + 1], pos + 2
+    if op == b"M":
+        return int.from_bytes(data[pos + 1: pos + 3], "little"), pos + 3
+    if op == b"J":
+        return int.from_bytes(data[pos + 1: pos + 5], "little", signed=True), pos + 5
+    return None, pos
 
 
 def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None):
