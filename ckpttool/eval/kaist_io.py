@@ -58,6 +58,8 @@ def _read_json(path):
             text = f.read()
     except OSError as exc:
         raise FormatError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        _fail(path, None, f"not UTF-8 text (byte {exc.start})")
     if not text.strip():
         _fail(path, None, "empty file")
     try:
