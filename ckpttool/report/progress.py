@@ -30,8 +30,8 @@ def progress(iterable, length: int | None = None, label: str = ""):
 
 
 def log(message: str) -> None:
-    """An informational line on stderr (suppressed by --quiet)."""
-    if not _quiet:
+    """An informational line on stderr, only for a person watching (TTY) and without --quiet."""
+    if enabled():
         print(message, file=sys.stderr)
 
 
