@@ -129,3 +129,19 @@ def test_embedded_storage_fast_path_matches_general_parser():
         assert (fast.numel, fast.data) == (general.numel, general.data)
         decoded, _ = unpickle(pickle.dumps(t), bytes_loader=read_legacy_bytes)
         assert torch.equal(decoded.to_torch(), t), t.dtype
+
+
+@pytest.mark.parametrize("command", ["diff", "graft", "average", "eval"])
+def test_every_other_command_refuses_every_payload(tmp_path, fixtures_dir, manifest, command):
+    runner = CliRunner()
+    good = str(fixtures_dir / manifest["formats"]["files"]["zip"]["path"])
+    for name, info in _malicious(manifest):
+        bad = str(fixtures_dir / info["path"])
+        argv = {"diff": ["diff", good, bad],
+                "graft": ["graft", bad, "--into", good, "-o", str(tmp_path / "g.pth")],
+                "average": ["average", good, bad, "-o", str(tmp_path / "a.pth")],
+                "eval": ["eval", "--task", "ntu60", "--preds", bad]}[command]
+        out = runner.invoke(cli, argv)
+        assert out.exit_code == 2, (command, name, out.output)
+        assert "Traceback" not in out.output and len(out.stderr.strip().splitlines()) == 1, (command, name)
+        assert not os.path.exists(info["sentinel"]) and not list(tmp_path.iterdir()), (command, name)
