@@ -132,6 +132,9 @@ def test_limit_evaluates_the_first_samples(ntu_workdir, tmp_path):
     assert res["num_samples"] == 2
     ours = _load(tmp_path / "clips_3.pkl")
     _assert_same_dump(ours, _load(entry["reference"]["3"])[:2])
+    # without --clips: the config's own num_clips (10 in the shipped PoseC3D test pipeline)
+    res = evaluate_model(config, entry["checkpoint"], None, cfg_options=options, limit=1)
+    assert [c["k"] for c in res["clips"]] == [10] and res["clips"][0]["num_views"] == 20
 
 
 @pytest.mark.slow
@@ -289,3 +292,19 @@ def test_torchrun_two_gloo_processes_match_one(ntu_workdir, tmp_path):
         _assert_same_dump(_load(tmp_path / "dist" / f"clips_{k}.pkl"), _load(tmp_path / "single" / f"clips_{k}.pkl"),
                           1e-6)
         _assert_same_dump(_load(tmp_path / "dist" / f"clips_{k}.pkl"), _load(entry["reference"][str(k)]))
+
+
+# --- a checkpoint written by `ckpt graft` ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_checkpoint_grafted_by_ckpt_graft_evaluates_like_its_source(ntu_workdir, tmp_path):
+    config, options, entry = _setup(ntu_workdir, "posec3d")
+    out = tmp_path / "grafted.pth"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "ckpttool", "graft", entry["checkpoint"], "--into", str(config), "-o", str(out),
+           "--cfg-options", *[f"{k}={v!r}" for k, v in options.items()], "--quiet"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluate_model(config, out, [3], cfg_options=options, dump=tmp_path)
+    _assert_same_dump(_load(tmp_path / "clips_3.pkl"), _load(entry["reference"]["3"]))

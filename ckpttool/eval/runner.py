@@ -14,6 +14,20 @@ import time
 STREAM_NAMES: dict = {}  # head component names are kept as they are ("rgb", "pose"), as ntu_rows expects
 
 
+SUPPORTED_RECOGNIZERS = ("Recognizer3D", "MMRecognizer3D", "RecognizerGCN")
+
+
+def check_model(model) -> None:
+    """Views are the second input dimension (``[N, V, …]``) only for 3D, multi-modal 3D and GCN recognizers;
+    2D recognizers fold segments into the batch, so their views cannot be chunked or cached per view here."""
+    from ckpttool.errors import CkptError
+
+    names = {c.__name__ for c in type(model).__mro__}
+    if not names & set(SUPPORTED_RECOGNIZERS) or not hasattr(model, "cls_head"):
+        raise CkptError(f"ckpt eval runs {', '.join(SUPPORTED_RECOGNIZERS)} models; this config builds "
+                        f"{type(model).__name__}")
+
+
 def head_streams(model, single: str) -> list[str]:
     """Names of the score streams of ``model``'s head: ``['rgb', 'pose']`` for RGBPoseHead, else ``[single]``."""
     comps = getattr(model.cls_head, "loss_components", None)
@@ -28,7 +42,8 @@ def head_aggregate(model) -> str | None:
 
 
 def aggregate_views(views, mode: str):
-    """Average the raw class scores of one sample's views ``[V, C]`` into ``[C]`` as ``BaseHead.average_clip``."""
+    """Average the raw class scores of one sample's views ``[V, C]`` into ``[C]`` as ``BaseHead.average_clip``
+    (``prob``, ``score``); ``max`` takes the element-wise maximum."""
     import torch
     import torch.nn.functional as F
 
@@ -37,7 +52,9 @@ def aggregate_views(views, mode: str):
         return F.softmax(views, dim=-1).mean(dim=0)
     if mode == "score":
         return views.mean(dim=0)
-    raise ValueError(f"unknown aggregate {mode!r} (prob or score)")
+    if mode == "max":  # not an mmaction2 head option; as ``ckpt eval --preds --aggregate max``
+        return views.max(dim=0).values
+    raise ValueError(f"unknown aggregate {mode!r} (prob, score or max)")
 
 
 def _num_views(inputs) -> int:

@@ -59,7 +59,7 @@ class ScoreCache:
                     return None
                 labels = z["labels"][:needed]
                 views = {s: z[f"views_{i}"][:needed] for i, s in enumerate(meta["streams"])}
-        except (OSError, ValueError, KeyError):
+        except Exception:  # unreadable or foreign file: a miss, recomputed and overwritten
             return None
         return labels, views
 

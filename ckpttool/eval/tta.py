@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ckpttool.errors import CkptError
 
-AGGREGATES = ("prob", "score")
+AGGREGATES = ("prob", "score", "max")
 
 
 def parse_clips(clips) -> list[int]:
@@ -116,15 +116,15 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
 
     Returns ``{"task": "ntu60", "config", "checkpoint", "clips": [{"k", "rows", "cached", "num_views"}], …}``
     where ``rows`` are :func:`ckpttool.eval.ntu.ntu_rows` of the per-stream scores (and fusions).
-    ``aggregate=None`` averages views as the model's head is configured to (``average_clips``).
+    ``aggregate=None`` averages views as the model's head is configured to (``average_clips``); ``clips=None``
+    evaluates the config's own ``num_clips``.
     """
     from ckpttool.eval import sampling
     from ckpttool.eval.score_cache import ScoreCache, cache_key, file_sha256
     from ckpttool.integrations.openmmlab import load_config
 
-    ks = parse_clips(clips)
     if aggregate is not None and aggregate not in AGGREGATES:
-        raise CkptError(f"--aggregate must be prob or score, got {aggregate!r}")
+        raise CkptError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if limit is not None and int(limit) < 1:
         raise CkptError("--limit must be a positive integer")
     if views_per_batch is not None and int(views_per_batch) < 1:
@@ -135,7 +135,8 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
     cfg = load_config(config, cfg_options)
     dataset_cfg = _test_dataset_cfg(cfg, split)
     base_pipeline = sampling.dataset_pipeline(dataset_cfg)
-    sampling.find_sampling_steps(base_pipeline)  # fail early, naming the expected steps
+    steps = sampling.find_sampling_steps(base_pipeline)  # fail early, naming the expected steps
+    ks = parse_clips(clips if clips is not None else steps[0][1].get("num_clips", 1))
     split_name = split if split is not None else _split_of(dataset_cfg)
     ck_sha = file_sha256(checkpoint)
     fingerprint = _fingerprint(cfg, dataset_cfg)
@@ -161,7 +162,7 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
             import_scope(cfg.get("default_scope"))
             dataset = _build_dataset(dataset_cfg)
             n = len(dataset) if need is None else min(need, len(dataset))
-            if store is not None and need is None:  # now that the size is known, look again
+            if store is not None:  # now that the number of samples is known, look again
                 for k in todo:
                     hit = store.load(keys[k], k, n)
                     if hit is not None:
@@ -174,10 +175,8 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
                 if store is not None and dist.rank == 0:
                     for k in todo:
                         labels, views = state.results[k]
-                        try:
+                        if all(v.dtype != object for v in views.values()):  # ragged views stay uncached
                             store.save(keys[k], k, labels, views)
-                        except ValueError:  # views of different sizes cannot be stacked: leave uncached
-                            pass
                 dist.barrier()
         results = dict(state.results)
         for k, (labels, views) in cached.items():
@@ -235,10 +234,11 @@ def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state):
     from mmengine.dataset.base_dataset import Compose
 
     from ckpttool.eval import sampling
-    from ckpttool.eval.runner import ViewRunner, head_aggregate, head_streams
+    from ckpttool.eval.runner import ViewRunner, check_model, head_aggregate, head_streams
     from ckpttool.eval.shared_decode import PlanStop, SharedDecode
     from ckpttool.report.progress import progress
 
+    check_model(model)
     streams = head_streams(model, sampling.stream_kind(base_pipeline))
     shared = SharedDecode()
     pipelines = {}
@@ -349,8 +349,9 @@ def _report(config, checkpoint, ks, results, cached, aggregate, head_avg, split_
                         "num_views": int(first.shape[1]) if first.dtype != object else None})
     timing = dict(state.timing)
     timing["total_s"] = time.perf_counter() - t_start
+    first_scores = next(iter(results[ks[0]][1].values()))
     out = {"task": "ntu60", "config": str(config), "checkpoint": str(checkpoint), "clips": entries,
-           "aggregate": mode, "split": split_name, "num_samples": num, "views_per_batch": views_per_batch,
+           "aggregate": mode, "num_classes": int(first_scores[0].shape[-1]), "split": split_name, "num_samples": num, "views_per_batch": views_per_batch,
            "world_size": dist.world, "timing": timing}
     if state.decode:
         out["decode"] = state.decode
