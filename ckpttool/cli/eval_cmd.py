@@ -177,9 +177,11 @@ def ntu_tables(r: dict) -> list:
         out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True))
     if r.get("clips"):
         rows = [row for c in r["clips"] for row in _acc_rows(c["rows"], c["k"])]
-        title = "Accuracy using the first k views (%)" if r.get("rows") else \
-            f"{r.get('checkpoint', 'model')}: accuracy using the first k views (%)"
-        out.append(Table(["k views"] + head, rows, title=title, primary=not r.get("rows")))
+        if r.get("rows"):  # prediction files: per-view scores, the first k views
+            title, col = "Accuracy using the first k views (%)", "k views"
+        else:  # a model run: num_clips=k on the sampling step (a clip may give several views, e.g. flips)
+            title, col = f"{r.get('checkpoint', 'model')}: accuracy with num_clips=k (%)", "k clips"
+        out.append(Table([col] + head, rows, title=title, primary=not r.get("rows")))
     pc = r.get("per_class")
     if pc:
         out.append(Table(["label", "class", "samples", "accuracy"],
