@@ -9,14 +9,17 @@ stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh |
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# This machine's pip config names local index folders that may not exist; pip warns per package. Drop only those
+# lines (pipefail keeps pip's own exit status).
+quiet() { "$@" 2>&1 | { grep -v 'is neither a file nor a directory' || true; }; }
 # torch first, alone: its CPU wheel lies on the machine; an unpinned torch elsewhere would pull CUDA.
-$pip install torch==2.13.0
+quiet $pip install torch==2.13.0
 # Then the project with its extras, always under the constraints file.
-$pip install -c constraints.txt -e '.[mmaction,test]'
+quiet $pip install -c constraints.txt -e '.[mmaction,test]'
 # A second, torch-free environment with NumPy 2: the reader's core must work under NumPy 1.26 and 2.x
 # (tests/test_numpy2.py runs the same files through both and compares).
 [ -x .venv-np2/bin/python ] || "$PY" -m venv .venv-np2
-.venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>=2,<3' 'click>=8.1' 'tabulate>=0.9' 'pyyaml>=6'
+quiet .venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>=2,<3' 'click>=8.1' 'tabulate>=0.9' 'pyyaml>=6'
 rm -f "$VENV"/.ckpt-setup-*
 touch "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2
