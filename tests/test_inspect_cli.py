@@ -127,3 +127,29 @@ def test_usage_errors_are_one_line_exit_2(argv):
     out = CliRunner().invoke(cli, argv)
     assert out.exit_code == 2 and out.stderr.startswith("ckpt: error: ")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_one_byte_file_is_a_clean_error(tmp_path):
+    p = tmp_path / "one.bin"
+    p.write_bytes(b"\x80")
+    out = run(p)
+    assert out.exit_code == 2 and "not a checkpoint format" in out.stderr and "unexpected" not in out.stderr
+
+
+def test_trust_says_so_and_keeps_logged_scalars(fixtures_dir, manifest):
+    info = manifest["mmengine"]["runs"]["sgd"]
+    out = run(fixtures_dir / info["path"], "--trust")
+    assert "unpickled for real" in out.stdout
+    r = json.loads(run(fixtures_dir / info["path"], "--trust", "--format", "json").stdout)
+    assert r["trusted"] and set(info["message_hub_scalar_keys"]) <= set(r["scalars"])
+
+
+def test_integer_buffers_do_not_make_outliers(fixtures_dir):
+    r = json.loads(run(fixtures_dir / "layouts" / "kaist_frcnn.pth", "--stats", "--depth", "3",
+                       "--format", "json").stdout)
+    assert not [m["name"] for m in r["modules"] if any("siblings" in f for f in m["flags"])]
+
+
+def test_a_bare_state_dict_is_one_section(fixtures_dir, manifest):
+    r = json.loads(run(fixtures_dir / manifest["formats"]["files"]["safetensors"]["path"], "--format", "json").stdout)
+    assert list(r["sections"]) == ["(state dict)", "__metadata__"]

@@ -118,6 +118,8 @@ def header_rows(r: dict) -> list[list]:
 
 
 def security_line(r: dict) -> str:
+    if r.get("trusted"):
+        return "--trust: the file was unpickled for real (any code in it ran); globals were not checked"
     if r["suspicious_globals"]:
         return (f"DANGER: would run code under torch.load(weights_only=False): "
                 f"{', '.join(r['suspicious_globals'])} — not executed here")

@@ -48,6 +48,10 @@ class Checkpoint:
         """Top-level entries with what they hold: tensors and bytes, or the kind of value."""
         if not isinstance(self.root, dict):
             return {}
+        if self.layout.weights_key is None and self.layout.kind == "state-dict":  # the file is the state dict
+            n, b = count_tensors(self.root)
+            extra = {"__metadata__": {"entries": len(self.root["__metadata__"])}} if "__metadata__" in self.root else {}
+            return {"(state dict)": {"tensors": n, "bytes": b}, **extra}
         out = {}
         for key, value in self.root.items():
             n, b = count_tensors(value)

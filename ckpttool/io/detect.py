@@ -30,7 +30,7 @@ def detect(path: str) -> str:
         return "torch-zip"
     if head.startswith(_LEGACY_HEAD):
         return "torch-legacy"
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+    if len(head) >= 2 and head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
         (n,) = struct.unpack("<Q", head[:8])

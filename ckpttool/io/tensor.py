@@ -196,7 +196,7 @@ class TensorRef:
         return arr
 
     def to_torch(self):
-        """A torch tensor with these values (imports torch). Shares memory with the mapped file where it can."""
+        """A torch tensor with these values (imports torch); always a copy, so it outlives the file's mapping."""
         import torch
 
         if self._tensor is not None:

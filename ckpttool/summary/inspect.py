@@ -41,7 +41,7 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
         "schedulers": training.schedulers_summary(root.get("param_schedulers", root.get("lr_schedulers"))),
         "scalars": training.last_scalars(root.get("message_hub")),
         "ema": training.ema_summary(root, ck.layout.kind),
-        "foreign_globals": ck.foreign_globals, "suspicious_globals": ck.suspicious_globals,
+        "foreign_globals": ck.foreign_globals, "suspicious_globals": ck.suspicious_globals, "trusted": ck.trusted,
         "notes": notes,
     }
     if sd.stripped_prefix:
@@ -58,17 +58,21 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
 
 def _add_stats(result: dict, sd, depth: int, on_tensor=None) -> None:
     per_module: dict[str, Moments] = {}
+    per_module_float: dict[str, Moments] = {}  # the RMS outlier check ignores integer buffers (num_batches_tracked)
     per_key = {}
     for key, t in sd.items():
         m = tensor_moments(t)
         per_key[key] = m.result()
         per_module.setdefault(module_of(key, depth), Moments()).merge(m)
+        if t.is_floating:
+            per_module_float.setdefault(module_of(key, depth), Moments()).merge(m)
         if on_tensor is not None:
             on_tensor(t)
     for row in result["modules"]:
         m = per_module[row["name"]]
         row.update({k: v for k, v in m.result().items()})
-        row["rms"] = math.sqrt(m.sumsq / m.finite) if m.finite else None
+        f = per_module_float.get(row["name"])
+        row["rms"] = math.sqrt(f.sumsq / f.finite) if f is not None and f.finite else None
     _flag(result["modules"])
     if "keys" in result:
         for row in result["keys"]:

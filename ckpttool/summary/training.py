@@ -77,7 +77,7 @@ def last_scalars(hub) -> dict:
         return {}
     out = {}
     for name, buf in (hub.get("log_scalars") or {}).items():
-        state = buf.state if isinstance(buf, Inert) else buf
+        state = buf.state if isinstance(buf, Inert) else getattr(buf, "__dict__", buf)  # inert, or real (--trust)
         hist = state.get("_log_history") if isinstance(state, dict) else None
         try:
             if hist is not None and len(hist):
