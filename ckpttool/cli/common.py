@@ -60,11 +60,6 @@ def finish(result: dict, tables, fmt: str, failed: str | None = None) -> None:
         raise CheckFailed(failed)
 
 
-def multi_value(ctx, param, value):
-    """Callback that lets `--opt a b c` and `--opt a --opt b` both work (see `MultiOption`)."""
-    return tuple(value or ())
-
-
 class MultiOption(click.Option):
     """An option taking several values after one flag (`--preds a.pkl b.pkl`), repeatable too."""
 

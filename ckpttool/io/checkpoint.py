@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 from ckpttool.errors import CkptError, FormatError, UnsafeError
 from ckpttool.io import dcp, safetensors_file, torchfile
@@ -164,11 +165,10 @@ def _wrap_tensors(obj, depth=0):
         return TensorRef.from_torch(obj)
     if depth > 64:
         return obj
-    if isinstance(obj, dict):
-        return type(obj)((k, _wrap_tensors(v, depth + 1)) for k, v in obj.items()) \
-            if type(obj) in (dict,) or hasattr(obj, "move_to_end") else {k: _wrap_tensors(v, depth + 1)
-                                                                         for k, v in obj.items()}
+    if isinstance(obj, dict):  # OrderedDict stays ordered; other dict subclasses become plain dicts
+        cls = type(obj) if type(obj) in (dict, OrderedDict) else dict
+        return cls((k, _wrap_tensors(v, depth + 1)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_wrap_tensors(v, depth + 1) for v in obj) if type(obj) in (list, tuple) else \
-            [_wrap_tensors(v, depth + 1) for v in obj]
+        values = [_wrap_tensors(v, depth + 1) for v in obj]
+        return tuple(values) if type(obj) is tuple else values
     return obj

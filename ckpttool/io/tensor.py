@@ -161,8 +161,7 @@ class TensorRef:
         np_dtype = np.dtype(d.numpy) if d.numpy else np.dtype(f"<u{d.itemsize}")
         if self.numel == 0:
             return np.empty(self.shape, dtype=np_dtype)
-        buf = self.storage.bytes_view()
-        flat = buf.view(np_dtype) if len(buf) % d.itemsize == 0 else buf[: self.storage.numel * d.itemsize].view(np_dtype)
+        flat = self.storage.bytes_view().view(np_dtype)  # exactly numel * itemsize bytes
         if self.is_contiguous():
             arr = flat[self.offset: self.offset + self.numel].reshape(self.shape)
         else:
