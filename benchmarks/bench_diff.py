@@ -64,7 +64,7 @@ def numpy_pass(a: str, b: str) -> float:
 
 def diff_pass(a: str, b: str) -> float:
     from ckpttool.io import load
-    from ckpttool.surgery.diff import compare_pair
+    from ckpttool.comparison.diff import compare_pair
 
     sa, sb = load(a).state_dict(), load(b).state_dict()
     t0 = now()

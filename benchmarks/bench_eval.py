@@ -172,8 +172,8 @@ def loop_voc_ap(ann, det, ignored, subset):
 
 
 def bench_kaist(repeat):
-    from ckpttool.eval.kaist import evaluate_detections, gt_ignored
-    from ckpttool.eval.kaist_io import load_annotations, load_detections
+    from ckpttool.metrics.kaist import evaluate_detections, gt_ignored
+    from ckpttool.metrics.kaist_io import load_annotations, load_detections
 
     data = os.path.join(ROOT, "fixtures", "kaist")
     ann = load_annotations(os.path.join(data, "KAIST_annotation.json"))
@@ -199,7 +199,7 @@ def _ms(seconds):
 
 
 def bench_ntu(repeat, dump):
-    from ckpttool.eval.ntu import evaluate_ntu, evaluate_scores
+    from ckpttool.metrics.ntu import evaluate_ntu, evaluate_scores
 
     rng = np.random.default_rng(0)
     n, c, v = 16487, 60, 10

@@ -44,7 +44,7 @@ _ANN = []
 
 def _exercise_kaist(path):
     from ckpttool.errors import CkptError
-    from ckpttool.eval import kaist_io
+    from ckpttool.metrics import kaist_io
 
     if not _ANN:
         _ANN.append(kaist_io.load_annotations(f"{ROOT}/fixtures/kaist/KAIST_annotation.json"))
@@ -57,7 +57,7 @@ def _exercise_kaist(path):
 
 def _exercise_ntu(path):
     from ckpttool.errors import CkptError
-    from ckpttool.eval import predictions
+    from ckpttool.metrics import predictions
 
     try:
         predictions.read_predictions(str(path))

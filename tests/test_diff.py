@@ -1,4 +1,4 @@
-"""`ckttool.surgery.diff` on real files: fixture pairs with known edits, formats, sections, configs, streaming."""
+"""`ckttool.comparison.diff` on real files: fixture pairs with known edits, formats, sections, configs, streaming."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from ckpttool.errors import CkptError
 from ckpttool.io import load
-from ckpttool.surgery import configdiff
-from ckpttool.surgery import diff as diffmod
-from ckpttool.surgery.diff import compare_pair, diff
+from ckpttool.comparison import configdiff
+from ckpttool.comparison import diff as diffmod
+from ckpttool.comparison.diff import compare_pair, diff
 from tests.support.diff_fixtures import cfg_checkpoint, key_names, renamed_copy, save_arrays
 
 PAIRS = ("scaled", "added_key", "reshaped", "fp16", "nan", "combined", "identical")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ckpttool.errors import CkptError
-from ckpttool.eval import gate
+from ckpttool.metrics import gate
 
 KAIST = {"task": "kaist", "protocol": "mlpd", "setup": "Reasonable", "methods": [
     {"name": "MLPD", "MR": {"all": 7.58, "day": 7.96, "night": 6.95}, "recall": {"all": 96.7, "day": 96.5, "night": 97},

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ckpttool.errors import CkptError, FormatError
-from ckpttool.eval.kaist import SETUPS, evaluate_detections, evaluate_kaist, gt_ignored
-from ckpttool.eval.kaist_io import load_annotations, load_detections
+from ckpttool.metrics.kaist import SETUPS, evaluate_detections, evaluate_kaist, gt_ignored
+from ckpttool.metrics.kaist_io import load_annotations, load_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 KAIST = ROOT / "fixtures" / "kaist"
@@ -262,7 +262,7 @@ def test_bad_annotation_and_options(tmp_path):
 
 # -- random scenes: the vectorised code against the per-image loops ----------------------------------------------
 def random_scene(seed):
-    from ckpttool.eval.kaist_io import Annotations, Detections
+    from ckpttool.metrics.kaist_io import Annotations, Detections
 
     rng = np.random.default_rng(seed)
     n_img = int(rng.integers(1, 7))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ckpttool.errors import CkptError
-from ckpttool.eval.ntu import (aggregate_views, class_names_for, evaluate_ntu, evaluate_scores, mean_class_accuracy, ntu_rows,
+from ckpttool.metrics.ntu import (aggregate_views, class_names_for, evaluate_ntu, evaluate_scores, mean_class_accuracy, ntu_rows,
                                top_k_accuracy)
-from ckpttool.eval.predictions import read_predictions, read_split_labels
+from ckpttool.metrics.predictions import read_predictions, read_split_labels
 
 acc = pytest.importorskip("mmaction.evaluation.functional.accuracy")
 torch = pytest.importorskip("torch")

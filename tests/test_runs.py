@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ckpttool.cli.main import cli
-from ckpttool.surgery.runs import parse_log_text, scan
+from ckpttool.workdirs.runs import parse_log_text, scan
 from tests.support.workdir_fixtures import COLLAPSE_LOG, COLLAPSE_TOP1, make_work_dir
 
 

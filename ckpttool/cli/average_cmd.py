@@ -9,7 +9,7 @@ from ckpttool.cli.common import MultiOption, finish, output_options
 from ckpttool.cli.runs_cmd import value
 from ckpttool.report.output import Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
-from ckpttool.surgery.runs import is_percent
+from ckpttool.workdirs.runs import is_percent
 
 
 @click.command("average")
@@ -45,7 +45,7 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     Streams one tensor at a time; the output is written atomically and verified by re-reading it."""
     from ckpttool.errors import CkptError
     from ckpttool.report.progress import warn
-    from ckpttool.surgery.runs import choose
+    from ckpttool.workdirs.runs import choose
 
     paths, known, selected = list(checkpoints), None, None
     if work_dir:
@@ -96,7 +96,7 @@ def _hidden(path: str) -> str:
 
 def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common) -> dict:
     from ckpttool.errors import CkptError
-    from ckpttool.surgery import runs
+    from ckpttool.workdirs import runs
     from ckpttool.surgery.average import average
 
     if greedy:

@@ -32,7 +32,7 @@ def diff_cmd(a, b, depth, maps, atol, rtol, section, section_a, section_b, confi
     """Compare checkpoint A with B: keys only in one, shape and dtype mismatches, value changes per tensor and per
     module (ranked by relative L2 change; NaN/Inf appearing in B first), meta, and with --config the training
     configs (meta.cfg, read without running it) plus the optimizer's lr / weight decay / momentum."""
-    from ckpttool.surgery.diff import diff, failures, parse_fail_on
+    from ckpttool.comparison.diff import diff, failures, parse_fail_on
 
     kinds = parse_fail_on(fail_on)
     result = diff(a, b, depth=depth, section_a=section_a or section, section_b=section_b or section, maps=maps,

@@ -61,7 +61,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
     ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
-    from ckpttool.eval import gate
+    from ckpttool.metrics import gate
 
     ks = _parse_clips(clips)
     default_tol, overrides = gate.parse_tolerance(tolerance)
@@ -91,12 +91,12 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     elif task == "kaist":
         if not ann:
             raise CkptError("--task kaist needs --ann KAIST_annotation.json")
-        from ckpttool.eval.kaist import evaluate_kaist
+        from ckpttool.metrics.kaist import evaluate_kaist
 
         result = evaluate_kaist(list(preds), ann, protocol=protocol, setup=setup, curves=bool(plot))
         tables = kaist_tables(result)
     elif task == "ntu60":
-        from ckpttool.eval.ntu import evaluate_ntu
+        from ckpttool.metrics.ntu import evaluate_ntu
 
         result = evaluate_ntu(list(preds), coefficients=list(coefficients) or None, apply_softmax=apply_softmax,
                               ann=ann, split=split, aggregate=aggregate or "prob", clips=ks or None,
@@ -148,7 +148,7 @@ def _plot(result, path):
         plots.plot_clips(result["clips"], path)
     elif result.get("per_class"):
         pc = result["per_class"]
-        from ckpttool.eval.ntu import class_names_for
+        from ckpttool.metrics.ntu import class_names_for
 
         names = class_names_for(len(pc["confusion"]))
         plots.plot_confusion(pc["confusion"], names, path, title=pc["row"])

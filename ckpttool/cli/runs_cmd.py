@@ -5,7 +5,7 @@ import click
 
 from ckpttool.cli.common import finish, output_options
 from ckpttool.report.output import Table, fmt_num, human_bytes
-from ckpttool.surgery.runs import DEFAULT_COLLAPSE
+from ckpttool.workdirs.runs import DEFAULT_COLLAPSE
 
 
 @click.command("runs")
@@ -25,7 +25,7 @@ def runs_cmd(work_dir, metric, mode, collapse_drop, fail_on_collapse, fmt):
 def show(work_dir, fmt, metric=None, mode=None, collapse_drop=DEFAULT_COLLAPSE, fail_on_collapse=False):
     """Scan and print (also used by `ckpt inspect DIR`)."""
     from ckpttool.errors import CkptError
-    from ckpttool.surgery.runs import scan
+    from ckpttool.workdirs.runs import scan
 
     result = scan(work_dir, collapse_drop=collapse_drop, modes={metric: mode} if metric and mode else None)
     if metric:

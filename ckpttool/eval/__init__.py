@@ -1,2 +1,1 @@
-"""Evaluation: NTU60 recognition metrics (`ntu`), KAIST detection metrics (`kaist`, `kaist_io`), reading
-prediction files (`predictions`), the regression gate (`gate`); model runners and TTA live beside them."""
+"""Running real models on their test data: multi-clip TTA of mmaction2 recognisers (metrics live in `metrics`)."""

@@ -115,7 +115,7 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
     """Evaluate ``checkpoint`` with ``config``'s test split for every clip count in ``clips``.
 
     Returns ``{"task": "ntu60", "config", "checkpoint", "clips": [{"k", "rows", "cached", "num_views"}], …}``
-    where ``rows`` are :func:`ckpttool.eval.ntu.ntu_rows` of the per-stream scores (and fusions).
+    where ``rows`` are :func:`ckpttool.metrics.ntu.ntu_rows` of the per-stream scores (and fusions).
     ``aggregate=None`` averages views as the model's head is configured to (``average_clips``); ``clips=None``
     evaluates the config's own ``num_clips``.
     """
@@ -335,7 +335,7 @@ def _scores(views: dict, mode: str) -> dict:
 
 def _report(config, checkpoint, ks, results, cached, aggregate, head_avg, split_name, views_per_batch, dist,
             state, t_start) -> dict:
-    from ckpttool.eval.ntu import ntu_rows
+    from ckpttool.metrics.ntu import ntu_rows
 
     mode = aggregate or head_avg or "prob"
     entries = []

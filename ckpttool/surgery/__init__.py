@@ -1,1 +1,1 @@
-"""Checkpoint surgery: module tree, diff, graft, average. Submodules import torch only inside functions."""
+"""Checkpoint surgery: graft (rules → plan → apply → verify) and weight averaging. Torch only inside functions."""

@@ -216,7 +216,7 @@ def per_class_table(scores: np.ndarray, labels: np.ndarray, row_name: str, class
 def evaluate_ntu(preds, coefficients=None, apply_softmax: bool = False, ann: str | None = None,
                  split: str | None = None, aggregate: str = "prob", clips=None, per_class: bool = False) -> dict:
     """`ckpt eval --task ntu60`: read the prediction files (and labels), then `evaluate_scores`."""
-    from ckpttool.eval.predictions import read_predictions, read_split_labels
+    from ckpttool.metrics.predictions import read_predictions, read_split_labels
 
     if not preds:
         raise CkptError("no prediction files given (--preds)")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ckpttool.errors import CkptError
-from ckpttool.eval.kaist_io import Annotations, Detections, load_annotations, load_detections
+from ckpttool.metrics.kaist_io import Annotations, Detections, load_annotations, load_detections
 
 SETUPS = {  # name -> (height range, occlusion levels), from the MLPD script's KAISTParams
     "Reasonable": ((55, 1e5 ** 2), (0, 1)),

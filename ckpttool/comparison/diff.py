@@ -180,7 +180,7 @@ def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | No
         "nonfinite_in_b": nonfinite, "meta": meta_diff(ck_a.meta, ck_b.meta), "notes": [],
     }
     if config or config_a or config_b:
-        from ckpttool.surgery.configdiff import config_diff
+        from ckpttool.comparison.configdiff import config_diff
 
         result["config"], notes = config_diff(ck_a, ck_b, config_a, config_b)
         result["notes"] += notes

@@ -1,0 +1,1 @@
+"""Comparison of two checkpoints: tensors and modules (`diff`), and the configs they were trained with (`configdiff`)."""

@@ -1,0 +1,1 @@
+"""mmengine work_dirs: the checkpoints of a run with their logged validation metrics (`runs`)."""
