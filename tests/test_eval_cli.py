@@ -110,7 +110,7 @@ def test_ntu_plots(tmp_path):
     res = ckpt("--task", "ntu60", "--preds", JOINT, "--plot", tmp_path / "x.png")
     assert res.exit_code == 2 and "--clips" in res.stderr
     res = ckpt("--task", "ntu60", "--preds", JOINT, "--plot", tmp_path / "x.jpg")
-    assert res.exit_code == 2 and ".png or .svg" in res.stderr
+    assert res.exit_code == 2 and ".pdf, .png or .svg" in res.stderr
 
 
 def test_gate_passes_then_fails_with_markdown_summary(tmp_path):

@@ -32,10 +32,15 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
               help="kaist: the headline protocol (both are always computed).")
 @click.option("--setup", type=click.Choice(SETUPS), default="Reasonable", show_default=True,
               help="kaist: which GTs count (the rest are ignored).")
-@click.option("--plot", type=click.Path(), metavar="FILE.png|svg",
-              help="kaist: miss rate vs FPPI; ntu60: accuracy vs clips (with --clips), else a confusion matrix.")
+@click.option("--plot", type=click.Path(), metavar="FILE.pdf|png|svg",
+              help="kaist: miss rate vs FPPI (All, Day, Night); ntu60: accuracy vs clips (with --clips), else a "
+                   "confusion matrix. The plotted numbers are in the JSON output under \"plot\".")
+@click.option("--plot-panels", is_flag=True,
+              help="kaist: one column-wide file per subset (FILE_all.pdf, FILE_day.pdf, FILE_night.pdf).")
+@click.option("--plot-metric", type=click.Choice(["top1", "top5", "mean_class"]), default="top1",
+              show_default=True, help="ntu60 --clips --plot: the accuracy drawn.")
 @click.option("--save-metrics", type=click.Path(), metavar="FILE", help="Write the JSON result to FILE.")
-@click.option("--force", is_flag=True, help="Replace an existing --save-metrics file.")
+@click.option("--force", is_flag=True, help="Replace an existing --save-metrics / --plot file.")
 @click.option("--baseline", type=click.Path(), metavar="FILE",
               help="Compare with a --save-metrics file; exit 1 when a metric regressed.")
 @click.option("--tolerance", cls=MultiOption, metavar="X|METRIC=X",
@@ -52,7 +57,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
               help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
-             per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
+             per_class, protocol, setup, plot, plot_panels, plot_metric, save_metrics, force, baseline, tolerance, summary, cfg_options,
              views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
@@ -71,9 +76,11 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
 
         check_output(save_metrics, inputs, force)
     if plot:
-        from ckpttool.report.plots import check_plot_path
+        from ckpttool.report.plots import check_plot_paths
 
-        check_plot_path(plot)
+        check_plot_paths(plot, plot_panels and task == "kaist", force, inputs)
+    elif plot_panels:
+        raise CkptError("--plot-panels goes with --plot FILE")
     base = gate.load_baseline(baseline) if baseline else None
 
     if config or checkpoint:
@@ -106,7 +113,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
         raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
 
     if plot:
-        _plot(result, plot)
+        result["plot"] = _plot(result, plot, plot_panels, plot_metric, force, inputs)
     failed = None
     if base is not None:
         result["gate"] = gate.compare(result, base, default_tol, overrides)
@@ -137,24 +144,36 @@ def _parse_clips(values):
     return sorted(set(ks))
 
 
-def _plot(result, path):
+def _plot(result, path, panels=False, metric="top1", force=False, inputs=()) -> dict:
+    """Draw the figure of this result; returns {"files", "data"} for the JSON output."""
+    import os
+
     from ckpttool.report import plots
 
     if result["task"] == "kaist":
-        plots.plot_miss_rate(result["methods"], path)
+        out = plots.plot_miss_rate(result["methods"], path, result["setup"], result["protocol"],
+                                   result.get("num_images"), panels=panels, force=force, inputs=inputs)
         for m in result["methods"]:
             m.pop("curves", None)
-    elif result.get("clips"):
-        plots.plot_clips(result["clips"], path)
-    elif result.get("per_class"):
+        return out
+    if result.get("clips"):
+        if result.get("rows"):  # prediction files: the first k stored views
+            varied, marked = "views", result.get("views")
+            title = f"NTU60, {result.get('num_samples', '?')} samples, views averaged ({result.get('aggregate')})"
+        else:  # a model run: num_clips=k on the test pipeline
+            varied, marked = "num_clips", result.get("config_num_clips")
+            title = os.path.basename(str(result.get("checkpoint", "")))
+            if result.get("split"):
+                title += f", {result['split']}"
+        return plots.plot_clips(result["clips"], path, metric, varied, marked, title, force=force, inputs=inputs)
+    if result.get("per_class"):
         pc = result["per_class"]
         from ckpttool.metrics.ntu import class_names_for
 
         names = class_names_for(len(pc["confusion"]))
-        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"])
-    else:
-        raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
-                        "(give --per-class)")
+        return plots.plot_confusion(pc["confusion"], names, path, title=pc["row"], force=force, inputs=inputs)
+    raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
+                    "(give --per-class)")
 
 
 def _pct(x):

@@ -184,6 +184,7 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
             streams = streams or list(views)
         out = _report(config, checkpoint, ks, results, cached, aggregate, head_avg, split_name, views_per_batch,
                       dist, state, t_start)
+        out["config_num_clips"] = int(steps[0][1].get("num_clips", 1))  # the config's own (marked on --plot)
         if dump is not None and dist.rank == 0:
             out["dump"] = _write_dumps(dump, ks, results, aggregate or head_avg or "prob")
         return out

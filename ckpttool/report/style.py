@@ -74,7 +74,7 @@ def figure_format(path: str) -> str:
     """'pdf' | 'png' | 'svg' from the file name, or a CkptError naming the choices."""
     ext = os.path.splitext(str(path))[1].lower()
     if ext not in FORMATS:
-        raise CkptError(f"{path}: a figure's name must end in {', '.join(FORMATS)}")
+        raise CkptError(f"{path}: a figure's name must end in .pdf, .png or .svg")
     return ext[1:]
 
 
@@ -138,9 +138,12 @@ def legend(ax, order=None, **kwargs):
 
 def mark_x(ax, x, label: str, color: str = "#555555"):
     """A dashed vertical line at ``x`` with a small label at the top (e.g. the config's own num_clips)."""
+    lo, hi = ax.get_xlim()
     ax.axvline(x, color=color, linestyle="--", linewidth=0.8, zorder=0.5)
-    ax.annotate(label, xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(2, -2), textcoords="offset points",
-                ha="left", va="top", fontsize=FONT_SIZE - 1, color=color)
+    right = x > (lo * hi) ** 0.5 if ax.get_xscale() == "log" else x > (lo + hi) / 2   # label stays inside
+    ax.annotate(label, xy=(x, 0), xycoords=("data", "axes fraction"), xytext=(-2 if right else 2, 2),
+                textcoords="offset points", ha="right" if right else "left", va="bottom",
+                fontsize=FONT_SIZE - 1, color=color)
 
 
 def render(fig, fmt: str) -> bytes:
