@@ -36,9 +36,11 @@ from ckpttool.workdirs.runs import is_percent
               help="Recompute BatchNorm statistics with the train_dataloader of this mmengine config.")
 @click.option("--bn-batches", type=int, default=100, show_default=True, help="Batches for --update-bn.")
 @click.option("--cfg-options", cls=MultiOption, metavar="K=V", help="Override entries of the --update-bn config.")
+@click.option("--device", metavar="cpu|cuda[:N]",
+              help="Where --update-bn runs the model (default: cuda when torch sees a GPU, else cpu).")
 @output_options
 def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersection, force, work_dir, last, best,
-                metric, mode, greedy, eval_cmd, update_bn, bn_batches, cfg_options, fmt):
+                metric, mode, greedy, eval_cmd, update_bn, bn_batches, cfg_options, device, fmt):
     """Average the weights of CHECKPOINTS (or of checkpoints chosen from --work-dir) into OUT.
 
     Floating tensors are averaged in float64 and written in their dtype; integer buffers follow --int-buffers.
@@ -59,10 +61,11 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
     final = out
     if update_bn:  # average into a hidden file next to OUT, recalibrate it, then rename: OUT appears only when done
-        from ckpttool.integrations.openmmlab import load_config
+        from ckpttool.integrations.openmmlab import load_config, resolve_device
         from ckpttool.io.write import check_output
 
         final = check_output(out, paths, force)
+        device = resolve_device(device)       # --device cuda without a GPU fails before any work
         load_config(update_bn, cfg_options)  # a bad config fails before any work
         out, force = _hidden(final), False
     try:
@@ -70,7 +73,7 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
         if update_bn:
             from ckpttool.surgery.average import update_bn as recalibrate
 
-            result["update_bn"] = recalibrate(out, update_bn, bn_batches, cfg_options)
+            result["update_bn"] = recalibrate(out, update_bn, bn_batches, cfg_options, device)
             os.replace(out, final)
             result.update(output=final, bn_stale=False)
             result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]

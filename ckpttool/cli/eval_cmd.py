@@ -50,11 +50,13 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
 @click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
 @click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", metavar="cpu|cuda[:N]",
+              help="With CONFIG: where the model runs (default: cuda when torch sees a GPU, else cpu).")
 @click.option("--launcher", type=click.Choice(["none", "pytorch"]), default="none", show_default=True)
 @click.option("--limit", type=int, help="With CONFIG: only the first N test samples.")
-@click.option("--dump", type=click.Path(), metavar="DIR",
-              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
+@click.option("--dump", type=click.Path(), metavar="DIR|FILE.pkl",
+              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl, or (one clip count) FILE.pkl as "
+                   "tools/test.py --dump does; readable with --preds.")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, plot_panels, plot_metric, save_metrics, force, baseline, tolerance, summary, cfg_options,

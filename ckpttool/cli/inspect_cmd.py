@@ -29,7 +29,7 @@ def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section
         from ckpttool.cli.runs_cmd import show  # an mmengine work_dir: list its runs
 
         return show(path, fmt)
-    from ckpttool.report.progress import progress, warn
+    from ckpttool.report.progress import warn
     from ckpttool.summary.inspect import inspect
 
     want_values = stats or check_finite

@@ -142,9 +142,10 @@ def _nonfinite_chunk(x, y, st: PairStats, atol: float, rtol: float) -> None:
 # --- the whole diff -------------------------------------------------------------------------------------------
 def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | None = None,
          section_b: str | None = None, maps=(), atol: float = 0.0, rtol: float = 0.0, config: bool = False,
-         config_a: str | None = None, config_b: str | None = None) -> dict:
-    """Compare two checkpoints; returns the `ckpt diff --format json` object (see docs/diff.md)."""
-    from ckpttool.report.progress import progress
+         config_a: str | None = None, config_b: str | None = None, progress: bool | None = None) -> dict:
+    """Compare two checkpoints; returns the `ckpt diff --format json` object (see docs/diff.md).
+    `progress`: a bar of the bytes compared (both files' tensors; ckpttool.report.progress)."""
+    from ckpttool.report.progress import track
 
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise CkptError(f"--atol/--rtol must be finite and >= 0 (got {atol}, {rtol})")
@@ -160,15 +161,15 @@ def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | No
     pairs = [k for k in common if sd_a[k].shape == sd_b[k].shape]
     modules: dict[str, PairStats] = {}
     changed, nonfinite = [], []
-    with progress(pairs, length=len(pairs), label="diff") as keys:
-        for key in keys:
-            st = compare_pair(sd_a[key], sd_b[key], atol, rtol)
-            name = module_of(key, depth)
-            modules.setdefault(name, PairStats()).merge(st)
-            if not st.equal:
-                changed.append({"key": key, "module": name, **st.result()})
-            if st.nan_b or st.inf_b:
-                nonfinite.append({"key": key, "nan": st.nan_b, "inf": st.inf_b, "nonfinite_in_a": st.nonfinite_a})
+    size = lambda k: sd_a[k].nbytes + sd_b[k].nbytes  # noqa: E731
+    for key in track(pairs, "comparing tensors", sum(map(size, pairs)), "B", size, progress):
+        st = compare_pair(sd_a[key], sd_b[key], atol, rtol)
+        name = module_of(key, depth)
+        modules.setdefault(name, PairStats()).merge(st)
+        if not st.equal:
+            changed.append({"key": key, "module": name, **st.result()})
+        if st.nan_b or st.inf_b:
+            nonfinite.append({"key": key, "nan": st.nan_b, "inf": st.inf_b, "nonfinite_in_a": st.nonfinite_a})
     rows = [{"name": n, "tensors": m.tensors, "changed": m.changed, **m.result()} for n, m in modules.items()]
     result = {
         "a": _side(ck_a, sd_a, section_a), "b": {**_side(ck_b, sd_b, section_b), "map": list(maps)},

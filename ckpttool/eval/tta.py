@@ -110,18 +110,20 @@ class _Dist:
 
 
 def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cfg_options=None, split=None,
-                   views_per_batch=None, cache=None, device: str = "cpu", launcher: str = "none", limit=None,
-                   dump=None) -> dict:
+                   views_per_batch=None, cache=None, device: str | None = None, launcher: str = "none", limit=None,
+                   dump=None, progress: bool | None = None) -> dict:
     """Evaluate ``checkpoint`` with ``config``'s test split for every clip count in ``clips``.
 
     Returns ``{"task": "ntu60", "config", "checkpoint", "clips": [{"k", "rows", "cached", "num_views"}], …}``
     where ``rows`` are :func:`ckpttool.metrics.ntu.ntu_rows` of the per-stream scores (and fusions).
     ``aggregate=None`` averages views as the model's head is configured to (``average_clips``); ``clips=None``
-    evaluates the config's own ``num_clips``.
+    evaluates the config's own ``num_clips``. ``device=None``: cuda when torch sees one, else cpu. ``dump``: a
+    folder for ``clips_<k>.pkl`` files, or (one clip count) a ``FILE.pkl`` as ``tools/test.py --dump`` writes.
+    ``progress``: a bar of the samples (rate, ETA) on stderr (ckpttool.report.progress).
     """
     from ckpttool.eval import sampling
     from ckpttool.eval.score_cache import ScoreCache, cache_key, file_sha256
-    from ckpttool.integrations.openmmlab import load_config
+    from ckpttool.integrations.openmmlab import load_config, resolve_device
 
     if aggregate is not None and aggregate not in AGGREGATES:
         raise CkptError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
@@ -131,12 +133,16 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
         raise CkptError("--views-per-batch must be a positive integer")
     if not Path(checkpoint).exists():
         raise CkptError(f"checkpoint not found: {checkpoint}")
+    device = resolve_device(device)
     t_start = time.perf_counter()
     cfg = load_config(config, cfg_options)
     dataset_cfg = _test_dataset_cfg(cfg, split)
     base_pipeline = sampling.dataset_pipeline(dataset_cfg)
     steps = sampling.find_sampling_steps(base_pipeline)  # fail early, naming the expected steps
     ks = parse_clips(clips if clips is not None else steps[0][1].get("num_clips", 1))
+    if dump is not None and str(dump).endswith(".pkl") and len(ks) > 1:
+        raise CkptError(f"--dump {dump}: one file holds one setting; give --dump DIR for --clips "
+                        f"{','.join(map(str, ks))} (DIR/clips_<k>.pkl)")
     split_name = split if split is not None else _split_of(dataset_cfg)
     ck_sha = file_sha256(checkpoint)
     fingerprint = _fingerprint(cfg, dataset_cfg)
@@ -171,7 +177,7 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
             if todo:
                 model = build_model(cfg, device=device)
                 load_checkpoint(model, checkpoint)
-                streams, _ = _run(model, dataset, base_pipeline, todo, n, views_per_batch, dist, state)
+                streams, _ = _run(model, dataset, base_pipeline, todo, n, views_per_batch, dist, state, progress)
                 if store is not None and dist.rank == 0:
                     for k in todo:
                         labels, views = state.results[k]
@@ -185,6 +191,7 @@ def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cf
         out = _report(config, checkpoint, ks, results, cached, aggregate, head_avg, split_name, views_per_batch,
                       dist, state, t_start)
         out["config_num_clips"] = int(steps[0][1].get("num_clips", 1))  # the config's own (marked on --plot)
+        out["device"] = device
         if dump is not None and dist.rank == 0:
             out["dump"] = _write_dumps(dump, ks, results, aggregate or head_avg or "prob")
         return out
@@ -228,7 +235,7 @@ class _State:
         self.samples = 0
 
 
-def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state):
+def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state, progress=None):
     """Inference for clip counts ``ks`` over samples ``0..n-1`` (this rank's shard); fills ``state.results``."""
     import numpy as np
     from mmengine.dataset import DefaultSampler
@@ -237,7 +244,7 @@ def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state):
     from ckpttool.eval import sampling
     from ckpttool.eval.runner import ViewRunner, check_model, head_aggregate, head_streams
     from ckpttool.eval.shared_decode import PlanStop, SharedDecode
-    from ckpttool.report.progress import progress
+    from ckpttool.report.progress import bar
 
     check_model(model)
     streams = head_streams(model, sampling.stream_kind(base_pipeline))
@@ -255,11 +262,10 @@ def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state):
         for (idx, k), scores in done.items():
             per_k[k][idx] = scores
 
-    label = f"clips {','.join(map(str, ks))}"
-    t0 = time.perf_counter()
     pipe_s = 0.0
-    with progress(indices, length=len(indices), label=label) as bar:
-        for count, idx in enumerate(bar, 1):
+    with bar(len(indices), f"testing num_clips={','.join(map(str, ks))}", " samples",
+             progress if dist.rank == 0 else False) as ticks:
+        for idx in indices:
             info = dataset.get_data_info(idx)
             labels[idx] = int(np.asarray(info.get("label", -1)).reshape(-1)[0])
             shared.next_sample()
@@ -285,9 +291,7 @@ def _run(model, dataset, base_pipeline, ks, n, views_per_batch, dist, state):
                 packed = pipelines[k](copy.deepcopy(info))
                 pipe_s += time.perf_counter() - tp
                 collect(runner.add((idx, k), packed["inputs"]))
-            if hasattr(bar, "label"):
-                rate = count / max(time.perf_counter() - t0, 1e-9)
-                bar.label = f"{label} {rate:.1f} samples/s"
+            ticks.update(1)
         collect(runner.flush())
     shared.next_sample()
 
@@ -360,7 +364,8 @@ def _report(config, checkpoint, ks, results, cached, aggregate, head_avg, split_
 
 
 def _write_dumps(directory, ks, results, mode) -> list[str]:
-    """``DIR/clips_{k}.pkl`` as mmaction2's ``tools/test.py --dump`` writes (a list of ActionDataSample dicts)."""
+    """``DIR/clips_{k}.pkl`` as mmaction2's ``tools/test.py --dump`` writes (a list of ActionDataSample dicts);
+    ``directory`` ending in ``.pkl`` (one k): that file itself, as ``tools/test.py --dump FILE.pkl``."""
     import pickle
 
     import torch
@@ -368,8 +373,12 @@ def _write_dumps(directory, ks, results, mode) -> list[str]:
 
     from ckpttool.eval.runner import aggregate_views
 
+    single = str(directory).endswith(".pkl")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if single and not directory.parent.is_dir():
+        raise CkptError(f"--dump {directory}: directory {directory.parent} does not exist")
+    if not single:
+        directory.mkdir(parents=True, exist_ok=True)
     written = []
     for k in ks:
         labels, views = results[k]
@@ -384,7 +393,7 @@ def _write_dumps(directory, ks, results, mode) -> list[str]:
             else:  # RGBPoseHead: a dict of scores by loss component ('rgb', 'pose')
                 ds.set_pred_score({s: aggregate_views(views[s][i], mode) for s in streams})
             samples.append(_to_cpu(ds.to_dict(), torch))
-        path = directory / f"clips_{k}.pkl"
+        path = directory if single else directory / f"clips_{k}.pkl"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             pickle.dump(samples, fh)

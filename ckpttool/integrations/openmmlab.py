@@ -96,6 +96,27 @@ def quiet_mmengine_logs(level: int = logging.WARNING):
         logger.setLevel(old)
 
 
+def resolve_device(device: str | None = None) -> str:
+    """The device a model run uses: ``None``/``"auto"`` is ``"cuda"`` when torch sees a GPU, else ``"cpu"``;
+    ``"cuda"``/``"cuda:N"`` without such a GPU is one clear CkptError (not an AssertionError from torch)."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            why = "a CPU-only build" if torch.version.cuda is None else "no GPU visible (CUDA_VISIBLE_DEVICES?)"
+            raise CkptError(f"--device {device}: torch {torch.__version__} sees no CUDA device ({why}); "
+                            "use --device cpu")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise CkptError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    raise CkptError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+
+
 def build_model(cfg, device: str = "cpu"):
     """Build ``cfg.model`` through the registry of ``cfg.default_scope``, call ``init_weights()``, move to
     ``device`` and return it in eval mode."""

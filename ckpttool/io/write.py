@@ -286,24 +286,34 @@ def _fsync_dir(directory: str) -> None:
 
 
 def save(path: str, state_dict: Iterable[tuple[str, object]] | dict, meta: dict | None = None,
-         inputs: Iterable[str] = (), force: bool = False, verify_extra: Callable[[str], None] | None = None) -> dict:
+         inputs: Iterable[str] = (), force: bool = False, verify_extra: Callable[[str], None] | None = None,
+         progress: bool | None = None) -> dict:
     """Write `{"meta", "state_dict"}` to `path` (torch zip, or safetensors when it ends in .safetensors),
-    atomically, verified by re-reading every tensor and comparing CRC32s. Returns {"path", "tensors", "bytes"}."""
+    atomically, verified by re-reading every tensor and comparing CRC32s. Returns {"path", "tensors", "bytes"}.
+    `progress`: bars of the bytes written and verified (see ckpttool.report.progress)."""
+    from ckpttool.report.progress import bar
+
     items = state_dict.items() if isinstance(state_dict, dict) else state_dict
     tensors: Iterator[tuple[str, OutTensor]] = ((k, out_tensor(v)) for k, v in items)
+    if isinstance(state_dict, dict):
+        tensors = list(tensors)
+    total = sum(t.nbytes for _, t in tensors) if isinstance(tensors, list) else None
     crcs: dict[str, int] = {}
-
-    def record(key, data):
-        crcs[key] = zlib.crc32(data)
+    name = os.path.basename(str(path))
 
     def write(f):
-        if str(path).endswith(".safetensors"):
-            write_safetensors(f, meta, tensors, on_tensor=record)
-        else:
-            write_torch_zip(f, meta, tensors, on_tensor=record)
+        with bar(total, f"writing {name}", "B", progress) as b:
+            def record(key, data):
+                crcs[key] = zlib.crc32(data)
+                b.update(len(data))
+
+            if str(path).endswith(".safetensors"):
+                write_safetensors(f, meta, tensors, on_tensor=record)
+            else:
+                write_torch_zip(f, meta, tensors, on_tensor=record)
 
     def verify(readable: str):
-        verify_file(readable, crcs)
+        verify_file(readable, crcs, progress, name)
         if verify_extra is not None:
             verify_extra(readable)
 
@@ -311,13 +321,17 @@ def save(path: str, state_dict: Iterable[tuple[str, object]] | dict, meta: dict 
     return {"path": written, "tensors": len(crcs), "bytes": os.path.getsize(written)}
 
 
-def verify_file(path: str, crcs: dict[str, int]) -> None:
-    """Re-read a written file with our reader; every tensor must be present with the bytes written."""
+def verify_file(path: str, crcs: dict[str, int], progress: bool | None = None, name: str | None = None) -> None:
+    """Re-read a written file with our reader; every tensor must be present with the bytes written.
+    `progress`: a bar of the bytes read back, described as 'verifying NAME'."""
     from ckpttool.io.checkpoint import load
+    from ckpttool.report.progress import bar
 
     sd = load(path).state_dict()
     if set(sd) != set(crcs):
         raise CkptError(f"verification failed: written keys differ ({len(sd)} read, {len(crcs)} written)")
-    for key, t in sd.items():
-        if zlib.crc32(_contiguous(t.raw())) != crcs[key]:
-            raise CkptError(f"verification failed: {key} reads back different bytes")
+    with bar(sum(t.nbytes for t in sd.values()), f"verifying {name or os.path.basename(path)}", "B", progress) as b:
+        for key, t in sd.items():
+            if zlib.crc32(_contiguous(t.raw())) != crcs[key]:
+                raise CkptError(f"verification failed: {key} reads back different bytes")
+            b.update(t.nbytes)

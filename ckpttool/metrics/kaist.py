@@ -345,8 +345,11 @@ def explain(row: dict, threshold: float = 0.5) -> list[str]:
 
 
 def evaluate_kaist(preds, ann_path: str, protocol: str = "mlpd", setup: str = "Reasonable",
-                   curves: bool = False) -> dict:
-    """Evaluate one or more detection files (txt / json / mmdet pkl) against a KAIST annotation json."""
+                   curves: bool = False, progress: bool | None = None) -> dict:
+    """Evaluate one or more detection files (txt / json / mmdet pkl) against a KAIST annotation json.
+    ``progress``: a bar of the files evaluated (ckpttool.report.progress)."""
+    from ckpttool.report.progress import track
+
     if protocol not in PROTOCOLS:
         raise CkptError(f"unknown protocol {protocol!r}; choose mlpd or matlab")
     if setup not in SETUPS:
@@ -355,7 +358,7 @@ def evaluate_kaist(preds, ann_path: str, protocol: str = "mlpd", setup: str = "R
         raise CkptError("no detection files given (--preds)")
     ann = load_annotations(ann_path)
     methods, seen = [], {}
-    for path in preds:
+    for path in track(list(preds), "evaluating KAIST results", unit=" files", progress=progress):
         row = evaluate_detections(ann, load_detections(path, ann), setup, protocol if curves else None)
         n = seen[row["name"]] = seen.get(row["name"], 0) + 1
         if n > 1:

@@ -15,8 +15,9 @@ SIBLING_OUTLIER = 10.0  # a module whose RMS is this many times its siblings' me
 
 def inspect(path: str, depth: int | None = None, filter: str | None = None, keys: bool = False,
             config: bool = False, stats: bool = False, section: str | None = None, trust: bool = False,
-            on_tensor=None) -> dict:
-    """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object)."""
+            on_tensor=None, progress: bool | None = None) -> dict:
+    """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object).
+    `progress`: with `stats`, a bar of the bytes read (ckpttool.report.progress)."""
     ck = load(path, trust=trust)
     notes = list(ck.layout.notes)
     try:
@@ -52,15 +53,19 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
         result["keys"] = [{"key": k, "shape": list(t.shape), "dtype": t.dtype, "params": t.numel,
                            "kind": "param" if t.is_param else "tensor"} for k, t in shown.items()]
     if stats:
-        _add_stats(result, shown, depth, on_tensor)
+        _add_stats(result, shown, depth, on_tensor, progress)
     return result
 
 
-def _add_stats(result: dict, sd, depth: int, on_tensor=None) -> None:
+def _add_stats(result: dict, sd, depth: int, on_tensor=None, progress=None) -> None:
+    from ckpttool.report.progress import track
+
     per_module: dict[str, Moments] = {}
     per_module_float: dict[str, Moments] = {}  # the RMS outlier check ignores integer buffers (num_batches_tracked)
     per_key = {}
-    for key, t in sd.items():
+    items = list(sd.items())
+    for key, t in track(items, "reading tensors (statistics)", result["total_bytes"], "B", lambda kt: kt[1].nbytes,
+                        progress):
         m = tensor_moments(t)
         per_key[key] = m.result()
         per_module.setdefault(module_of(key, depth), Moments()).merge(m)

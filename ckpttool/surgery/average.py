@@ -20,7 +20,6 @@ from collections import deque
 from ckpttool.errors import CkptError
 
 CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
-PROGRESS_BYTES = 64 << 20  # a progress bar (stderr, TTY only) from this output size on
 PREFETCH_BYTES = 16 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
 INT_RULES = ("last", "max", "first", "error")
 DTYPES = ("keep", "float32", "float16", "bfloat16")
@@ -246,8 +245,9 @@ class Hasher(threading.Thread):
 # --- the command ------------------------------------------------------------------------------------------------
 def average(paths, out: str, weights=None, section: str | None = None, int_buffers: str = "last",
             dtype: str = "keep", intersection: bool = False, force: bool = False, method: str | None = None,
-            extra_meta: dict | None = None, hash_inputs: bool = True) -> dict:
-    """Average `paths` into `out` (`{"meta", "state_dict"}` torch zip, or .safetensors). Returns the report."""
+            extra_meta: dict | None = None, hash_inputs: bool = True, progress: bool | None = None) -> dict:
+    """Average `paths` into `out` (`{"meta", "state_dict"}` torch zip, or .safetensors). Returns the report.
+    `progress`: bars of the bytes averaged and written, then verified (ckpttool.report.progress)."""
     from ckpttool.io.write import check_output
 
     if int_buffers not in INT_RULES:
@@ -294,7 +294,7 @@ def average(paths, out: str, weights=None, section: str | None = None, int_buffe
     hasher = Hasher(in_paths) if hash_inputs else None
     if hasher:
         hasher.start()
-    written = write_streamed(out, meta, outs, make, in_paths, force, hasher)
+    written = write_streamed(out, meta, outs, make, in_paths, force, hasher, progress)
     result = {"output": written["path"], "bytes": written["bytes"], "tensors": written["tensors"],
               "method": meta["method"], "inputs": meta["inputs"], "section": meta["section"],
               "int_buffers": int_buffers, "dtype": dtype, "averaged": len(out_dtypes), "picked": len(int_keys),
@@ -308,19 +308,20 @@ def average(paths, out: str, weights=None, section: str | None = None, int_buffe
     return result
 
 
-def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher=None) -> dict:
+def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher=None, progress=None) -> dict:
     """Write `outs` [(key, dtype, shape)] whose bytes `make(key)` computes, atomically and verified by CRC.
 
     torch zip: a worker thread computes (and CRCs) the next tensors while this one is written, at most
     PREFETCH_BYTES ahead, so memory stays about one tensor. safetensors writes its header first and lists every
     tensor before any data, so there each tensor is computed when the writer asks for it."""
     from concurrent.futures import ThreadPoolExecutor
-    from contextlib import nullcontext
 
     from ckpttool.io.write import OutTensor, atomic_write, verify_file, write_safetensors, write_torch_zip
-    from ckpttool.report.progress import progress
+    from ckpttool.report.progress import bar
 
     crcs: dict[str, int] = {}
+    name = os.path.basename(str(out))
+    ticks = bar(sum(_nbytes(o) for o in outs), f"averaging into {name}", "B", progress)
 
     def compute(k):
         data = make(k)
@@ -330,37 +331,36 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, hasher
         for k, dt, shape in outs:
             def data(k=k):
                 d, crcs[k] = compute(k)
+                ticks.update(len(d))
                 return d
             yield k, OutTensor(dt, shape, data)
 
     def piped(pool):
         pending, todo = deque(), deque(outs)
-        large = sum(_nbytes(o) for o in outs) >= PROGRESS_BYTES
-        with progress(outs, length=len(outs), label="averaging") if large else nullcontext(outs) as bar:
-            ticks = iter(bar)
-            while todo or pending:
-                while todo and (not pending or sum(_nbytes(o) for o, _ in pending) + _nbytes(todo[0])
-                                <= PREFETCH_BYTES):
-                    o = todo.popleft()
-                    pending.append((o, pool.submit(compute, o[0])))
-                (k, dt, shape), fut = pending.popleft()
-                data, crcs[k] = fut.result()
-                next(ticks, None)
-                yield k, OutTensor(dt, shape, _Once(data))  # the writer keeps its OutTensors: drop the bytes
-                del data
+        while todo or pending:
+            while todo and (not pending or sum(_nbytes(o) for o, _ in pending) + _nbytes(todo[0])
+                            <= PREFETCH_BYTES):
+                o = todo.popleft()
+                pending.append((o, pool.submit(compute, o[0])))
+            (k, dt, shape), fut = pending.popleft()
+            data, crcs[k] = fut.result()
+            yield k, OutTensor(dt, shape, _Once(data))  # the writer keeps its OutTensors: drop the bytes
+            ticks.update(len(data))                     # back here once the writer has written it
+            del data
         if hasher:  # the torch-zip writer pickles meta after the last tensor: hashing overlapped the work
             _fill_hashes(meta, hasher.result())
 
     def write(f):
-        if str(out).endswith(".safetensors"):
-            if hasher:  # safetensors writes its header (meta) first
-                _fill_hashes(meta, hasher.result())
-            write_safetensors(f, meta, lazy())
-        else:
-            with ThreadPoolExecutor(1) as pool:
-                write_torch_zip(f, meta, piped(pool))
+        with ticks:
+            if str(out).endswith(".safetensors"):
+                if hasher:  # safetensors writes its header (meta) first
+                    _fill_hashes(meta, hasher.result())
+                write_safetensors(f, meta, lazy())
+            else:
+                with ThreadPoolExecutor(1) as pool:
+                    write_torch_zip(f, meta, piped(pool))
 
-    path = atomic_write(out, write, lambda p: verify_file(p, crcs), inputs=inputs, force=force)
+    path = atomic_write(out, write, lambda p: verify_file(p, crcs, progress, name), inputs=inputs, force=force)
     return {"path": path, "tensors": len(crcs), "bytes": os.path.getsize(path)}
 
 
@@ -415,24 +415,28 @@ def _meta(inputs, weights, method, section, rule, dtype, intersection, skipped, 
 
 
 # --- BatchNorm recalibration ----------------------------------------------------------------------------------
-def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> dict:
+def update_bn(path: str, config: str, batches: int = 100, cfg_options=None, device: str | None = None,
+              progress: bool | None = None) -> dict:
     """Recompute the BatchNorm statistics of the averaged model in `path` (rewritten atomically): build the
     model of the mmengine `config`, load the weights through the safe reader, reset every BN layer to a
-    cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode."""
+    cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode.
+    `device=None`: cuda when torch sees one, else cpu. `progress`: a bar of the batches (rate, ETA)."""
     import torch
     from mmengine.runner import Runner
 
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config, resolve_device
     from ckpttool.io import load
     from ckpttool.io.layout import plain
     from ckpttool.io.write import save
+    from ckpttool.report.progress import bar
 
     if batches < 1:
         raise CkptError("--bn-batches must be >= 1")
     cfg = load_config(config, cfg_options)
     if "train_dataloader" not in cfg:
         raise CkptError(f"{config} has no train_dataloader to recalibrate BatchNorm with")
-    model = build_model(cfg)
+    device = resolve_device(device)
+    model = build_model(cfg, device=device)
     load_checkpoint(model, path)
     bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     if not bns:
@@ -447,7 +451,8 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
         raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
     model.train()
     seen = 0
-    with torch.no_grad():
+    total = min(batches, len(loader)) if hasattr(loader, "__len__") else batches
+    with torch.no_grad(), bar(total, f"recalibrating BatchNorm on {device}", " batches", progress) as ticks:
         for data in loader:
             if seen >= batches:
                 break
@@ -457,11 +462,12 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
             else:
                 model(*data, mode="tensor")
             seen += 1
+            ticks.update(1)
     new = {}
     for name, m in bns.items():
         for buf in ("running_mean", "running_var", "num_batches_tracked"):
             if getattr(m, buf, None) is not None:
-                new[f"{name}.{buf}" if name else buf] = getattr(m, buf).detach().clone()
+                new[f"{name}.{buf}" if name else buf] = getattr(m, buf).detach().cpu().clone()
     ck = load(path)
     sd = ck.state_dict()
     missing = [k for k in new if k not in sd]
@@ -470,8 +476,9 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     meta = plain(ck.meta) if ck.meta else _safetensors_meta(ck.root)
     meta["bn_stats"] = f"recalibrated on {seen} batch(es) of train_dataloader of {os.path.abspath(config)}"
     items = ((k, new[k].to(getattr(torch, t.dtype)) if k in new else t) for k, t in sd.items())
-    save(path, items, meta=meta, force=True)
-    return {"config": os.path.abspath(config), "batches": seen, "bn_layers": len(bns), "tensors": len(new)}
+    save(path, items, meta=meta, force=True, progress=progress)
+    return {"config": os.path.abspath(config), "batches": seen, "bn_layers": len(bns), "tensors": len(new),
+            "device": device}
 
 
 def _safetensors_meta(root) -> dict:

@@ -170,7 +170,7 @@ def _inflation_matches(out, source) -> bool:
 
 # --- report ---------------------------------------------------------------------------------------------------
 def build_report(plan: R.Plan, sources: list[Source], target, depth: int | None = None,
-                 keys: bool = False) -> dict:
+                 keys: bool = False, progress: bool | None = None) -> dict:
     entries = plan.entries
     depth = depth or default_depth([e.key for e in entries])
     total = sum(e.numel for e in entries)
@@ -178,7 +178,7 @@ def build_report(plan: R.Plan, sources: list[Source], target, depth: int | None 
     new = [e for e in entries if e.status == "new"]
     loaded_params = sum(e.numel for e in loaded)
     report = {
-        "source": [_source_info(s) for s in sources],
+        "source": [_source_info(s, progress) for s in sources],
         "target": target.describe(),
         "loaded": {"tensors": len(loaded), "params": loaded_params,
                    "percent": 100.0 * loaded_params / total if total else 0.0},
@@ -200,23 +200,27 @@ def build_report(plan: R.Plan, sources: list[Source], target, depth: int | None 
     return report
 
 
-def _source_info(s: Source) -> dict:
-    return {"prefix": s.prefix, "path": s.path, "sha256": sha256_of(s.path), "format": s.ck.format,
+def _source_info(s: Source, progress: bool | None = None) -> dict:
+    return {"prefix": s.prefix, "path": s.path, "sha256": sha256_of(s.path, progress), "format": s.ck.format,
             "layout": s.ck.layout.kind, "stripped_prefix": s.sd.stripped_prefix, "tensors": len(s.sd),
             "params": s.sd.total_params}
 
 
-def sha256_of(path: str) -> str:
+def sha256_of(path: str, progress: bool | None = None) -> str:
     """sha256 of a file, or of a folder's files (sorted relative paths and contents)."""
+    from ckpttool.report.progress import bar
+
     h = hashlib.sha256()
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    for p in files:
-        if p != path:
-            h.update(os.path.relpath(p, path).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+    with bar(sum(os.path.getsize(p) for p in files), f"reading {os.path.basename(path)}", "B", progress) as b:
+        for p in files:
+            if p != path:
+                h.update(os.path.relpath(p, path).encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+                    b.update(len(chunk))
     return h.hexdigest()
 
 
@@ -321,7 +325,8 @@ def output_meta(sources: list[Source], report: dict) -> dict:
     return meta
 
 
-def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, target, inputs, force=False) -> dict:
+def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, target, inputs, force=False,
+          progress: bool | None = None) -> dict:
     from ckpttool.io import load
     from ckpttool.io.write import save
 
@@ -330,16 +335,17 @@ def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, ta
     def verify_written(path):
         checks.extend(verify(load(path).state_dict(), plan, src, target))
 
-    info = save(out, values, meta, inputs=inputs, force=force, verify_extra=verify_written)
+    info = save(out, values, meta, inputs=inputs, force=force, verify_extra=verify_written, progress=progress)
     info["verified"] = ["every tensor reads back with the bytes written"] + checks
     return info
 
 
 # --- the whole run --------------------------------------------------------------------------------------------
 def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
-        seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=()):
+        seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=(), progress=None):
     """Everything the CLI does. Returns (values, report); values are lazy (TensorRef for loaded tensors), None
-    when nothing was applied (dry run, or a `fail_on` check failed: then report["failed"] says why)."""
+    when nothing was applied (dry run, or a `fail_on` check failed: then report["failed"] says why).
+    `progress`: bars of the bytes read (hashing the sources), written and verified (ckpttool.report.progress)."""
     from ckpttool.io.write import check_output
     from ckpttool.surgery.target import resolve_target
 
@@ -357,7 +363,7 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
     tgt = resolve_target(target, cfg_options, seed)
     src = source_tensors(sources)
     plan = R.make_plan({k: (t.shape, t.dtype) for k, t in src.items()}, tgt.entries, rule_list, policy, inflate)
-    report = build_report(plan, sources, tgt, depth, keys)
+    report = build_report(plan, sources, tgt, depth, keys, progress)
     report.update(dry_run=bool(dry_run), output=None, failed=failures(report, fail_on))
     if dry_run or report["failed"]:
         return None, report
@@ -366,7 +372,7 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
         report["verified"] = verify(values, plan, src, tgt)
         return values, report
     log(f"graft: writing and verifying {out}")
-    report["output"] = write(out, values, output_meta(sources, report), plan, src, tgt, inputs, force)
+    report["output"] = write(out, values, output_meta(sources, report), plan, src, tgt, inputs, force, progress)
     return values, report
 
 
@@ -384,7 +390,7 @@ def failures(report: dict, checks) -> str | None:
 
 
 def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
-          seed=0, depth=None, keys=False, out=None, force=False):
+          seed=0, depth=None, keys=False, out=None, force=False, progress=None):
     """Graft `source` into `target`; returns (state_dict of torch tensors, report dict).
 
     source: a checkpoint path, or {prefix: path} for several. target: an mmengine config (.py, with
@@ -392,5 +398,6 @@ def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None,
     (kind, value) pairs or {kind: value} dicts (kinds: map, strip_prefix, add_prefix, copy, drop, only, init,
     rules=FILE). With `out`, the result is also written and verified there (torch zip, or .safetensors)."""
     values, report = run(source, target, rules, cfg_options=cfg_options, on_shape_mismatch=on_shape_mismatch,
-                         inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force)
+                         inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
+                         progress=progress)
     return OrderedDict((k, _as_torch(v)) for k, v in values.items()), report
