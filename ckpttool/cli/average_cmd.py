@@ -5,14 +5,18 @@ import os
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import MultiOption, examples, finish, output_options
 from ckpttool.cli.runs_cmd import value
 from ckpttool.report.output import Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
 
 
-@click.command("average")
+@click.command("average", epilog=examples(
+    "ckpt average work_dirs/rgbpose/epoch_{22,23,24}.pth -o swa.pth",
+    "ckpt average --work-dir work_dirs/rgbpose --best 3 --metric acc/RGBPose_1:1_top1 -o best3.pth "
+    "--update-bn rgbpose.py",
+    "ckpt average epoch_10.pth epoch_20.pth --section ema_state_dict --weights 1,2 -o ema.safetensors"))
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output (.pth torch zip, or .safetensors).")
 @click.option("--weights", metavar="W1,W2,..", help="Weights per checkpoint (normalised to sum 1).")
@@ -58,6 +62,8 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
         raise CkptError("--last/--best choose checkpoints from --work-dir DIR")
     if not paths:
         raise CkptError("give checkpoints to average, or --work-dir DIR with --last N / --best N --metric NAME")
+    if device and not update_bn:
+        raise CkptError("--device is where --update-bn runs the model; averaging itself needs no device")
     common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
     final = out
     if update_bn:  # average into a hidden file next to OUT, recalibrate it, then rename: OUT appears only when done

@@ -43,6 +43,11 @@ def output_options(fn):
     return wrapper
 
 
+def examples(*lines: str) -> str:
+    """A command's ``epilog``: the real examples that end its ``--help`` (kept verbatim by Click)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def fail(exc: BaseException, debug: bool, unexpected: bool = False) -> None:
     if debug:
         traceback.print_exc()

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import MultiOption, examples, finish, output_options
 from ckpttool.report.output import Table, fmt_num, human_bytes
 
 SHOW = 20  # rows of a key list in the text formats (json lists all)
 
 
-@click.command("diff")
+@click.command("diff", epilog=examples(
+    "ckpt diff work_dirs/rgbpose/epoch_11.pth work_dirs/rgbpose/epoch_12.pth --config",
+    "ckpt diff epoch_5.pth grafted.pth --map '^backbone\\.=rgb_backbone.' --fail-on shapes,nonfinite",
+    "ckpt diff a.pth b.safetensors --atol 1e-6 --keys --format json"))
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the ranking (default: as inspect).")

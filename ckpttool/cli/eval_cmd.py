@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import MultiOption, examples, finish, output_options
 from ckpttool.errors import CkptError
 from ckpttool.report.output import Table
 
 SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 
 
-@click.command("eval")
+@click.command("eval", epilog=examples(
+    "ckpt eval --task ntu60 --preds joint.pkl bone.pkl --coefficients 1 1 --ann ntu60_2d.pkl --split xsub_val",
+    "ckpt eval --task kaist --preds MLPD_result.txt MBNet_result.txt --ann KAIST_annotation.json --plot mr.pdf",
+    "ckpt eval rgbpose_conv3d.py epoch_24.pth --clips 1,3,5,10 --plot clips.pdf --save-metrics m.json"))
 @click.argument("config", required=False)
 @click.argument("checkpoint", required=False)
 @click.option("--task", type=click.Choice(["ntu60", "kaist"]), help="What the --preds files hold.")
@@ -61,12 +64,8 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, plot_panels, plot_metric, save_metrics, force, baseline, tolerance, summary, cfg_options,
              views_per_batch, cache, device, launcher, limit, dump, fmt):
-    """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
+    """Metric tables from predictions, or from running CONFIG + CHECKPOINT (on cuda when torch sees a GPU).
 
-    \b
-    ckpt eval --task ntu60 --preds joint.pkl bone.pkl --coefficients 1 1 [--ann ntu60.pkl --split xsub_val]
-    ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
-    ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
     from ckpttool.metrics import gate
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import MultiOption, examples, finish, output_options
 from ckpttool.report.output import Table, human_bytes, human_count
 
 RULES_KEY = "ckpttool.graft.rules"
@@ -33,7 +33,11 @@ def rule_option(name, metavar, help_):
     return click.option(name, cls=RuleOption, metavar=metavar, help=help_)
 
 
-@click.command("graft")
+@click.command("graft", epilog=examples(
+    "ckpt graft epoch_5.pth --into configs/bevfusion_det_map_gca.py --init 'task_gca.map=copy:task_gca.object' "
+    "-o init.pth",
+    "ckpt graft --from rgb=rgb.pth --from pose=pose.pth --into rgbpose_conv3d.py -o rgbpose_init.pth --dry-run",
+    "ckpt graft epoch_20.pth --into template.pth --rules fixtures/rules/bevfusion_to_mmdet3d.yaml -o out.pth"))
 @click.argument("source", required=False, type=click.Path())
 @click.option("--into", "target", required=True, metavar="TARGET",
               help="New architecture: an mmengine config (.py), package.module:function, or a template checkpoint.")

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import finish, output_options
+from ckpttool.cli.common import examples, finish, output_options
 from ckpttool.report.output import Table, fmt_num, human_bytes, human_count
 
 
-@click.command("inspect")
+@click.command("inspect", epilog=examples(
+    "ckpt inspect work_dirs/rgbpose_ntu60/epoch_24.pth --depth 3",
+    "ckpt inspect best_acc_top1_epoch_20.pth --stats --check-finite --format json",
+    "ckpt inspect work_dirs/rgbpose_ntu60            # a work_dir: its checkpoints and metrics"))
 @click.argument("path", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 32), help="Module tree depth (default: one that shows the parts).")
 @click.option("--filter", "filter_", metavar="REGEX", help="Only keys matching REGEX.")

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import finish, output_options
+from ckpttool.cli.common import examples, finish, output_options
 from ckpttool.report.output import Table, fmt_num, human_bytes
 from ckpttool.workdirs.runs import DEFAULT_COLLAPSE
 
 
-@click.command("runs")
+@click.command("runs", epilog=examples(
+    "ckpt runs work_dirs/rgbpose_ntu60",
+    "ckpt runs work_dirs/rgbpose_ntu60 --metric acc/top1 --fail-on-collapse",
+    "ckpt runs work_dirs/posec3d --collapse-drop 0.1 --format csv > runs.csv"))
 @click.argument("work_dir", type=click.Path())
 @click.option("--metric", metavar="NAME", help="Show only this metric (and use --mode for it).")
 @click.option("--mode", type=click.Choice(["max", "min"]), help="Better is max or min (default from the name).")
