@@ -385,22 +385,28 @@ def atomic_output(path, *, force: bool = False, inputs: Iterable = (), mode: str
         fd, tmp = _open_temp(directory, base)
         f = None
         try:
-            if append and os.path.exists(path):
-                with open(path, "rb") as old:
-                    _copy(old.fileno(), fd)
-            raw = os.fdopen(fd, "r+b", closefd=False)
-            raw.seek(0, os.SEEK_END)
-            f = raw if mode.endswith("b") else io.TextIOWrapper(raw, encoding=encoding, newline="")
-            yield f
-            if not f.closed:
-                f.flush()
-            os.fsync(fd)
-            _refuse_inputs(path, inputs)
-            _publish(fd, tmp, path, replace=force or append)
-            tmp = None
+            try:
+                if append and os.path.exists(path):
+                    with open(path, "rb") as old:
+                        _copy(old.fileno(), fd)
+                raw = os.fdopen(fd, "r+b", closefd=False)
+                raw.seek(0, os.SEEK_END)
+                f = raw if mode.endswith("b") else io.TextIOWrapper(raw, encoding=encoding, newline="")
+                yield f
+                if not f.closed:
+                    f.flush()
+                os.fsync(fd)
+                _refuse_inputs(path, inputs)
+                _publish(fd, tmp, path, replace=force or append)
+                tmp = None
+            except OSError as exc:   # ENOSPC, EDQUOT, EIO, EFBIG: one line, and nothing is left behind
+                raise CkptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         finally:
             if f is not None and not f.closed:
-                f.close()
+                try:
+                    f.close()
+                except OSError:   # unflushed bytes of a failed write: the file is discarded anyway
+                    pass
             os.close(fd)
             if tmp is not None:
                 _unlink(tmp)
