@@ -62,8 +62,8 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
                    "tools/test.py --dump does; readable with --preds.")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
-             per_class, protocol, setup, plot, plot_panels, plot_metric, save_metrics, force, baseline, tolerance, summary, cfg_options,
-             views_per_batch, cache, device, launcher, limit, dump, fmt):
+             per_class, protocol, setup, plot, plot_panels, plot_metric, save_metrics, force, baseline, tolerance,
+             summary, cfg_options, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT (on cuda when torch sees a GPU).
 
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
@@ -76,6 +76,10 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
         from ckpttool.io.write import check_output
 
         check_output(save_metrics, inputs, force)
+    if summary:
+        from ckpttool.io.write import check_output
+
+        check_output(summary, inputs, force=True)  # appended to; never one of the inputs
     if plot:
         from ckpttool.report.plots import check_plot_paths
 
@@ -121,8 +125,9 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
         result["gate"]["baseline"] = baseline
         tables.append(gate_table(result["gate"], baseline))
         if summary:
-            with open(summary, "a", encoding="utf-8") as f:
-                f.write(gate.summary_markdown(result["gate"], baseline))
+            from ckpttool.io.write import write_text
+
+            write_text(summary, gate.summary_markdown(result["gate"], baseline), append=True, inputs=inputs)
         if not result["gate"]["passed"]:
             failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
     if save_metrics:

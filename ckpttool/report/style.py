@@ -2,7 +2,7 @@
 
 Figures are sized for a paper: one panel is a column wide (:data:`COLUMN_WIDTH` = 3.5 in) with 8 pt text, so
 they print legibly at that size; the format follows the file's extension (PDF / SVG are vector, PNG is 300 dpi).
-Every figure is rendered in memory and written through :func:`ckpttool.io.write.atomic_write` (never over an
+Every figure is rendered in memory and written through :func:`ckpttool.io.write.write_bytes` (the one atomic writer) (never over an
 existing file without ``force``), so a crash leaves no half-written image.
 
 Typical use (a new figure in three calls)::
@@ -160,9 +160,9 @@ def render(fig, fmt: str) -> bytes:
 def save_figure(fig, path: str, force: bool = False, inputs=()) -> dict:
     """Render ``fig`` in the format of ``path``'s extension and write it atomically (never over an existing file
     without ``force``). Returns ``{"path", "format", "bytes"}``."""
-    from ckpttool.io.write import atomic_write
+    from ckpttool.io.write import write_bytes
 
     fmt = figure_format(path)
     data = render(fig, fmt)
-    written = atomic_write(path, lambda f: f.write(data), inputs=inputs, force=force)
+    written = write_bytes(path, data, force=force, inputs=inputs)
     return {"path": written, "format": fmt, "bytes": len(data)}
