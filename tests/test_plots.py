@@ -250,3 +250,19 @@ def test_style_helpers_for_other_figures(tmp_path):
     with pytest.raises(CkptError, match=r"\.pdf, \.png or \.svg"):
         style.check_figure_path(str(tmp_path / "f.jpg"))
     assert style.render(fig, "pdf") == style.render(fig, "pdf")  # reproducible bytes (no dates)
+
+
+def test_confusion_matrix_rows_normalised(tmp_path, rendered):
+    joint = ROOT / "fixtures" / "mmaction2-fuse-demo" / "joint.pkl"
+    out = tmp_path / "cm.pdf"
+    res = ckpt("--task", "ntu60", "--preds", joint, "--per-class", "--plot", out, "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    assert out.read_bytes().startswith(b"%PDF")
+    (fig, fmt), = rendered
+    ax = fig.get_axes()[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("Predicted class", "True class", "joint")
+    shown = np.asarray(ax.get_images()[0].get_array())
+    counts = np.asarray(json.loads(res.stdout)["plot"]["data"]["confusion"], dtype=float)
+    seen = counts.sum(axis=1) > 0
+    assert np.allclose(shown[seen].sum(axis=1), 1.0) and np.allclose(shown[~seen], 0.0)
+    assert shown.shape == counts.shape
