@@ -34,7 +34,9 @@ def test_dump_file_pkl_matches_tools_test_and_bar_ends_at_total(ntu_workdir, tmp
         assert int(a["gt_label"]) == int(b["gt_label"])
         np.testing.assert_allclose(a["pred_score"].numpy(), b["pred_score"].numpy(), atol=1e-5, rtol=0)
     err = capsys.readouterr().err
-    final = err.split("\r")[-1]
+    import re
+
+    final = [seg for seg in re.split(r"[\r\n]", err) if seg.startswith("testing num_clips=3")][-1]
     assert "testing num_clips=3: 100%" in final and "2/2" in final and "samples/s" in final
     with pytest.raises(CkptError, match="one file holds one setting"):
         evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, limit=1, dump=str(out))
