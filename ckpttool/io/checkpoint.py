@@ -180,7 +180,7 @@ def _read_plain_pickle(path: str, judge: Judge):
 
 def _read_torch_shards(index_path: str, judge: Judge) -> dict:
     """transformers' `pytorch_model.bin.index.json`: a weight_map onto torch files, each read like any other."""
-    weight_map, shards = safetensors_file.read_weight_map(index_path)
+    weight_map, shards, _ = safetensors_file.read_weight_map(index_path)
     loaded = {}
     for shard, spath in shards.items():
         mf = MappedFile(spath)

@@ -485,7 +485,7 @@ def _rebuild_from_type_v2(up, func, new_type, args, state):
     kind = global_name(new_type)
     if kind is None:
         raise FormatError("tensor subclass record without a class")
-    if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+    if kind not in _TENSOR_CLASSES[:2]:
         up.judge.record(kind, AL.INSTANTIATE)  # a tensor subclass: torch would run its __setstate__
     out = up.call(func, args)
     if isinstance(out, TensorRef) and kind == "torch.nn.parameter.Parameter":
@@ -523,13 +523,13 @@ def _rebuild_sparse_tensor(up, layout, data):
     if name not in _SPARSE or not isinstance(data, tuple) or len(data) < _SPARSE[name] + 1:
         raise FormatError("malformed sparse tensor record")
     n = _SPARSE[name]
-    parts = data[: n + 1] if name == "torch.sparse_coo" else data[:n]
-    size = data[n] if name == "torch.sparse_coo" else data[n]
+    parts, size = data[:n], data[n]
     if not all(isinstance(t, TensorRef) for t in parts):
         raise FormatError("malformed sparse tensor components")
     names = ("indices", "values") if name == "torch.sparse_coo" else ("compressed_indices", "plain_indices", "values")
     values = parts[-1]
-    return SpecialTensor(name.removeprefix("torch."), values.dtype, _shape(size), dict(zip(names, parts)), {})
+    info = {"coalesced": data[3]} if name == "torch.sparse_coo" and len(data) > 3 and type(data[3]) is bool else {}
+    return SpecialTensor(name.removeprefix("torch."), values.dtype, _shape(size), dict(zip(names, parts)), info)
 
 
 def _rebuild_meta(up, dtype, size, stride, requires_grad=False):
@@ -591,6 +591,28 @@ def _counter(up, items=None):
     return out
 
 
+_FACTORIES = {"builtins.dict": dict, "builtins.list": list, "builtins.set": set, "builtins.int": int}
+
+
+def _defaultdict(up, factory=None, *rest):
+    name = global_name(factory)
+    if factory is not None and name not in _FACTORIES:
+        up.judge.record(name or _describe(factory), AL.CALL, "code",
+                        "a defaultdict factory outside the allow-list (it is called on every missing key)")
+        return {}
+    return collections.defaultdict(_FACTORIES[name] if name else None)
+
+
+def _rebuild_njt(up, kwargs):
+    if not isinstance(kwargs, dict) or not isinstance(kwargs.get("values"), TensorRef) \
+            or not isinstance(kwargs.get("offsets"), TensorRef):
+        raise FormatError("malformed nested jagged tensor record")
+    parts = {k: v for k, v in kwargs.items() if isinstance(v, TensorRef)}
+    info = {k: v for k, v in kwargs.items() if type(v) in (int, bool) or v is None}
+    values = kwargs["values"]
+    return SpecialTensor("jagged", values.dtype, (kwargs["offsets"].numel - 1, *values.shape[1:]), parts, info)
+
+
 def _codecs_encode(up, obj, encoding="utf-8", errors="strict"):
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
         raise FormatError("unexpected _codecs.encode call")
@@ -621,7 +643,7 @@ def _getattr(up, obj, name, *default):
     target = global_name(obj)
     entry = up.judge.entry(target) if target else None
     if (entry is not None and AL.ATTRIBUTE in entry.uses and isinstance(name, str) and name.isidentifier()
-            and not name.startswith("_")):
+            and (name in entry.attributes if entry.attributes is not None else not name.startswith("_"))):
         up.judge.record(target, AL.ATTRIBUTE)
         return AttrRef(f"{target}.{name}")
     where = target or _describe(obj)
@@ -732,6 +754,8 @@ _IMPL: dict[str, Callable] = {
     "torch.storage._load_from_bytes": _load_from_bytes,
     "collections.OrderedDict": _ordered_dict,
     "collections.Counter": _counter,
+    "collections.defaultdict": _defaultdict,
+    "torch.nested._internal.nested_tensor._rebuild_njt": _rebuild_njt,
     "builtins.set": _set,
     "builtins.int": _int,
     "_codecs.encode": _codecs_encode,
@@ -744,6 +768,7 @@ _IMPL: dict[str, Callable] = {
     "numpy._core.multiarray.scalar": _np_scalar,
 }
 _CONTAINERS = {"collections.OrderedDict": collections.OrderedDict}
+_TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter", "torch.nested._internal.nested_tensor.NestedTensor")
 
 
 # ---- after loading: one bounded walk over the value graph --------------------------------------------------
