@@ -146,7 +146,7 @@ def test_save_metrics_refuses_to_overwrite(tmp_path):
 
 
 def test_model_mode_calls_evaluate_model_and_renders_clips(tmp_path, monkeypatch):
-    import ckpttool.eval.tta as tta
+    import ckpttool.integrations.mmaction_recognizer as tta
 
     calls = {}
     rows = [{"name": "rgb", "top1": 90.0, "top5": 99.0, "mean_class_accuracy": 89.0},

@@ -5,9 +5,10 @@ import click
 
 from ckpttool.cli.common import MultiOption, finish, output_options
 from ckpttool.errors import CkptError
+from ckpttool.metrics.constants import AGGREGATES, SETUPS
+from ckpttool.options import parse_clips
 from ckpttool.report.output import Table
 
-SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 
 
 @click.command("eval")
@@ -22,7 +23,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--apply-softmax", is_flag=True, help="ntu60 ensemble: softmax each file's scores before summing.")
 @click.option("--ann", type=click.Path(), help="Annotation file: KAIST json, or NTU60 pkl for the labels.")
 @click.option("--split", help="ntu60: the split of --ann (xsub_val, xview_val, ...); with CONFIG: the test split.")
-@click.option("--aggregate", type=click.Choice(["prob", "score", "max"]),
+@click.option("--aggregate", type=click.Choice(AGGREGATES),
               help="How per-view scores are averaged: prob = softmax then mean (default; with CONFIG: the "
                    "model's average_clips), score = mean, max = element-wise max.")
 @click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
@@ -30,7 +31,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
 @click.option("--protocol", type=click.Choice(["mlpd", "matlab"]), default="mlpd", show_default=True,
               help="kaist: the headline protocol (both are always computed).")
-@click.option("--setup", type=click.Choice(SETUPS), default="Reasonable", show_default=True,
+@click.option("--setup", type=click.Choice(list(SETUPS)), default="Reasonable", show_default=True,
               help="kaist: which GTs count (the rest are ignored).")
 @click.option("--plot", type=click.Path(), metavar="FILE.png|svg",
               help="kaist: miss rate vs FPPI; ntu60: accuracy vs clips (with --clips), else a confusion matrix.")
@@ -63,7 +64,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
     from ckpttool.metrics import gate
 
-    ks = _parse_clips(clips)
+    ks = parse_clips(clips) if clips else []
     default_tol, overrides = gate.parse_tolerance(tolerance)
     inputs = list(preds) + [p for p in (ann, baseline, config, checkpoint) if p]
     if save_metrics:
@@ -81,7 +82,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
             raise CkptError("running a model needs both CONFIG and CHECKPOINT")
         if preds or task == "kaist":
             raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
-        from ckpttool.eval.tta import evaluate_model
+        from ckpttool.integrations.mmaction_recognizer import evaluate_model
 
         result = evaluate_model(config, checkpoint, clips=ks or None, aggregate=aggregate,
                                 cfg_options=list(cfg_options) or None, split=split,
@@ -120,21 +121,6 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     if save_metrics:
         gate.save_metrics({k: v for k, v in result.items() if k != "gate"}, save_metrics, inputs, force)
     finish(result, tables, fmt, failed)
-
-
-def _parse_clips(values):
-    ks = []
-    for v in values or ():
-        for part in str(v).split(","):
-            if part.strip():
-                try:
-                    k = int(part)
-                except ValueError:
-                    raise CkptError(f"--clips {v!r}: expected view counts like 1,3,5,10") from None
-                if k < 1:
-                    raise CkptError(f"--clips {v!r}: view counts start at 1")
-                ks.append(k)
-    return sorted(set(ks))
 
 
 def _plot(result, path):
