@@ -57,41 +57,29 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     if not paths:
         raise CkptError("give checkpoints to average, or --work-dir DIR with --last N / --best N --metric NAME")
     common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
-    final = out
-    if update_bn:  # average into a hidden file next to OUT, recalibrate it, then rename: OUT appears only when done
+    if update_bn:  # average into a scratch file next to OUT, recalibrate it, then publish: OUT appears only when done
         from ckpttool.integrations.openmmlab import load_config
-        from ckpttool.io.write import check_output
+        from ckpttool.io.write import check_output, publish_file, scratch_file
+        from ckpttool.surgery.average import update_bn as recalibrate
 
         final = check_output(out, paths, force)
         load_config(update_bn, cfg_options)  # a bad config fails before any work
-        out, force = _hidden(final), False
-    try:
+        with scratch_file(final, ".safetensors" if final.endswith(".safetensors") else "") as tmp:
+            result = _run(paths, tmp, weights, greedy, metric, mode, eval_cmd, known, False, common)
+            result["update_bn"] = recalibrate(tmp, update_bn, bn_batches, cfg_options)
+            publish_file(tmp, final, force=force, inputs=paths)
+        result.update(output=final, bn_stale=False)
+        result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
+        result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
+                               "batch(es) of the config's train_dataloader")
+    else:
         result = _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common)
-        if update_bn:
-            from ckpttool.surgery.average import update_bn as recalibrate
-
-            result["update_bn"] = recalibrate(out, update_bn, bn_batches, cfg_options)
-            os.replace(out, final)
-            result.update(output=final, bn_stale=False)
-            result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
-            result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
-                                   "batch(es) of the config's train_dataloader")
-    finally:
-        if final != out and os.path.exists(out):
-            os.unlink(out)
     if selected is not None:
         result["selected"] = selected
         result.setdefault("metric", metric)
     for w in result["warnings"]:
         warn(w)
     finish(result, tables(result), fmt)
-
-
-def _hidden(path: str) -> str:
-    import secrets
-
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp"
-                        + (".safetensors" if path.endswith(".safetensors") else ""))
 
 
 def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common) -> dict:

@@ -71,6 +71,10 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
         from ckpttool.io.write import check_output
 
         check_output(save_metrics, inputs, force)
+    if summary:
+        from ckpttool.io.write import check_output
+
+        check_output(summary, inputs, force=True)  # appended to; never one of the inputs
     if plot:
         from ckpttool.report.plots import check_plot_path
 
@@ -107,15 +111,16 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
         raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
 
     if plot:
-        _plot(result, plot)
+        _plot(result, plot, force=force, inputs=inputs)
     failed = None
     if base is not None:
         result["gate"] = gate.compare(result, base, default_tol, overrides)
         result["gate"]["baseline"] = baseline
         tables.append(gate_table(result["gate"], baseline))
         if summary:
-            with open(summary, "a", encoding="utf-8") as f:
-                f.write(gate.summary_markdown(result["gate"], baseline))
+            from ckpttool.io.write import write_text
+
+            write_text(summary, gate.summary_markdown(result["gate"], baseline), append=True, inputs=inputs)
         if not result["gate"]["passed"]:
             failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
     if save_metrics:
@@ -123,21 +128,21 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     finish(result, tables, fmt, failed)
 
 
-def _plot(result, path):
+def _plot(result, path, **save):
     from ckpttool.report import plots
 
     if result["task"] == "kaist":
-        plots.plot_miss_rate(result["methods"], path)
+        plots.plot_miss_rate(result["methods"], path, **save)
         for m in result["methods"]:
             m.pop("curves", None)
     elif result.get("clips"):
-        plots.plot_clips(result["clips"], path)
+        plots.plot_clips(result["clips"], path, **save)
     elif result.get("per_class"):
         pc = result["per_class"]
         from ckpttool.metrics.ntu import class_names_for
 
         names = class_names_for(len(pc["confusion"]))
-        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"])
+        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"], **save)
     else:
         raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
                         "(give --per-class)")
