@@ -43,62 +43,16 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
 
     Floating tensors are averaged in float64 and written in their dtype; integer buffers follow --int-buffers.
     Streams one tensor at a time; the output is written atomically and verified by re-reading it."""
-    from ckpttool.errors import CkptError
     from ckpttool.report.progress import warn
-    from ckpttool.workdirs.runs import choose
+    from ckpttool.surgery.average_job import run_average
 
-    paths, known, selected = list(checkpoints), None, None
-    if work_dir:
-        if paths:
-            raise CkptError("give checkpoints or --work-dir, not both")
-        paths, known, selected = choose(work_dir, last=last, best=best, metric=metric, mode=mode, every=greedy)
-    elif last is not None or best is not None:
-        raise CkptError("--last/--best choose checkpoints from --work-dir DIR")
-    if not paths:
-        raise CkptError("give checkpoints to average, or --work-dir DIR with --last N / --best N --metric NAME")
-    common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
-    if update_bn:  # average into a scratch file next to OUT, recalibrate it, then publish: OUT appears only when done
-        from ckpttool.integrations.openmmlab import load_config
-        from ckpttool.io.write import check_output, publish_file, scratch_file
-        from ckpttool.surgery.average import update_bn as recalibrate
-
-        final = check_output(out, paths, force)
-        load_config(update_bn, cfg_options)  # a bad config fails before any work
-        with scratch_file(final, ".safetensors" if final.endswith(".safetensors") else "") as tmp:
-            result = _run(paths, tmp, weights, greedy, metric, mode, eval_cmd, known, False, common)
-            result["update_bn"] = recalibrate(tmp, update_bn, bn_batches, cfg_options)
-            publish_file(tmp, final, force=force, inputs=paths)
-        result.update(output=final, bn_stale=False)
-        result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
-        result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
-                               "batch(es) of the config's train_dataloader")
-    else:
-        result = _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common)
-    if selected is not None:
-        result["selected"] = selected
-        result.setdefault("metric", metric)
+    result = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
+                         weights=weights, greedy=greedy, eval_cmd=eval_cmd, update_bn=update_bn,
+                         bn_batches=bn_batches, cfg_options=cfg_options, force=force, section=section,
+                         int_buffers=int_buffers, dtype=dtype, intersection=intersection)
     for w in result["warnings"]:
         warn(w)
     finish(result, tables(result), fmt)
-
-
-def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common) -> dict:
-    from ckpttool.errors import CkptError
-    from ckpttool.workdirs import runs
-    from ckpttool.surgery.average import average
-
-    if greedy:
-        from ckpttool.surgery.soup import greedy_soup
-
-        if weights:
-            raise CkptError("--weights cannot be combined with --greedy")
-        if not metric:
-            raise CkptError("--greedy needs --metric NAME")
-        return greedy_soup(paths, out, eval_cmd, metric, mode or runs.metric_mode(metric), known=known,
-                           force=force, **common)
-    if eval_cmd:
-        raise CkptError("--eval-cmd is used by --greedy")
-    return average(paths, out, weights=weights, force=force, **common)
 
 
 def tables(r: dict) -> list[Table]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 
 from ckpttool.errors import CkptError
 
@@ -72,18 +71,9 @@ def _key(node, env, depth):
 
 def load_file(path: str) -> dict:
     """A config file named by the user (.py/.json/.yaml) via mmengine, without importing `custom_imports`."""
-    if not os.path.isfile(path):
-        raise CkptError(f"{path}: no such config file")
-    try:
-        from mmengine.config import Config
-    except ImportError:
-        raise CkptError("reading a config file needs mmengine (pip install mmengine)") from None
-    try:
-        cfg = Config.fromfile(path, import_custom_modules=False)
-    except Exception as exc:  # mmengine raises many kinds for a bad file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkptError(f"{path}: cannot read config ({msg})") from None
-    return _plain(cfg.to_dict())
+    from ckpttool.integrations.openmmlab import read_config_file
+
+    return _plain(read_config_file(path))
 
 
 def _plain(obj):

@@ -59,14 +59,14 @@ class ScoreCache:
         return {v: hit for v, hit in found.items() if hit is not None}
 
     def save(self, view, labels, outputs: dict) -> Path:
-        from ckpttool.io.write import atomic_write
+        from ckpttool.io.write import write_bytes
 
         meta = {"key": self.key(view), "k": view, "count": int(len(labels)), "streams": list(outputs)}
         arrays = {f"views_{i}": np.asarray(v) for i, v in enumerate(outputs.values())}
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), labels=np.asarray(labels, dtype=np.int64), **arrays)
         self.dir.mkdir(parents=True, exist_ok=True)
-        return Path(atomic_write(self.path(view), lambda f: f.write(buf.getvalue()), force=True))
+        return Path(write_bytes(self.path(view), buf.getbuffer(), force=True))
 
     def save_all(self, results: dict) -> None:
         """Save every view whose outputs are plain arrays (ragged ones stay uncached)."""

@@ -191,7 +191,7 @@ def write_dumps(directory, ks, results, mode) -> list[str]:
     import pickle
     from pathlib import Path
 
-    from ckpttool.io.write import atomic_write
+    from ckpttool.io.write import write_bytes
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def write_dumps(directory, ks, results, mode) -> list[str]:
     for k, path in zip(ks, paths):
         labels, views = results[k]
         data = pickle.dumps(_samples(labels, per_sample_scores(views, mode)))
-        atomic_write(path, lambda f, b=data: f.write(b), force=True)
+        write_bytes(path, data, force=True)
     return paths
 
 

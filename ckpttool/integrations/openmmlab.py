@@ -235,12 +235,49 @@ def build_model(cfg, device: str = "cpu"):
         raise
     except Exception as exc:
         raise CkptError(f"cannot build the model of the config: {type(exc).__name__}: {exc}") from exc
-    if hasattr(model, "init_weights"):
-        with quiet_mmengine_logs():
-            model.init_weights()
+    init_weights(model)
     model.to(device)
     model.eval()
     return model
+
+
+def init_weights(model) -> None:
+    """mmengine models start from ``init_weights()`` (logs quieted); a plain nn.Module is initialised by its
+    constructor."""
+    try:
+        from mmengine.model import BaseModule
+    except ImportError:
+        return
+    if isinstance(model, BaseModule) and not getattr(model, "is_init", False):
+        with quiet_mmengine_logs():
+            model.init_weights()
+
+
+def recalibrate_bn(model, cfg, batches: int, config="the config") -> int:
+    """Run up to ``batches`` batches of ``cfg.train_dataloader`` (built as mmengine's Runner builds it, seeded by
+    ``cfg.randomness.seed``) through ``model`` in train mode without gradients, so that BatchNorm layers
+    accumulate their statistics. Returns the number of batches run."""
+    import torch
+    from mmengine.runner import Runner
+
+    seed = (cfg.get("randomness") or {}).get("seed")
+    try:
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
+    except Exception as exc:
+        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for data in loader:
+            if seen >= batches:
+                break
+            data = model.data_preprocessor(data, True)
+            if isinstance(data, dict):
+                model(**data, mode="tensor")
+            else:
+                model(*data, mode="tensor")
+            seen += 1
+    return seen
 
 
 def _as_tensor(value):

@@ -420,9 +420,8 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     model of the mmengine `config`, load the weights through the safe reader, reset every BN layer to a
     cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode."""
     import torch
-    from mmengine.runner import Runner
 
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config, recalibrate_bn
     from ckpttool.io import load
     from ckpttool.io.layout import plain
     from ckpttool.io.write import save
@@ -440,23 +439,7 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     for m in bns.values():
         m.reset_running_stats()
         m.momentum = None
-    seed = (cfg.get("randomness") or {}).get("seed")
-    try:
-        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    except Exception as exc:
-        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
-    model.train()
-    seen = 0
-    with torch.no_grad():
-        for data in loader:
-            if seen >= batches:
-                break
-            data = model.data_preprocessor(data, True)
-            if isinstance(data, dict):
-                model(**data, mode="tensor")
-            else:
-                model(*data, mode="tensor")
-            seen += 1
+    seen = recalibrate_bn(model, cfg, batches, config)
     new = {}
     for name, m in bns.items():
         for buf in ("running_mean", "running_var", "num_batches_tracked"):
