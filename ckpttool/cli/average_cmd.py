@@ -5,14 +5,14 @@ import os
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.cli.runs_cmd import value
 from ckpttool.report.output import Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
 
 
-@click.command("average")
+@click.command("average", cls=Command)
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output (.pth torch zip, or .safetensors).")
 @click.option("--weights", metavar="W1,W2,..", help="Weights per checkpoint (normalised to sum 1).")

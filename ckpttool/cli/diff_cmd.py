@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.report.output import Table, fmt_num, human_bytes
 
 SHOW = 20  # rows of a key list in the text formats (json lists all)
 
 
-@click.command("diff")
+@click.command("diff", cls=Command)
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the ranking (default: as inspect).")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.errors import CkptError
 from ckpttool.metrics.constants import AGGREGATES, SETUPS
 from ckpttool.options import parse_clips
-from ckpttool.report.output import Table
+from ckpttool.report.output import Table, pct, signed
 
 
 
-@click.command("eval")
+@click.command("eval", cls=Command)
 @click.argument("config", required=False)
 @click.argument("checkpoint", required=False)
 @click.option("--task", type=click.Choice(["ntu60", "kaist"]), help="What the --preds files hold.")
@@ -148,13 +148,13 @@ def _plot(result, path, **save):
                         "(give --per-class)")
 
 
-def _pct(x):
-    return "-" if x is None else f"{x:.2f}"
-
-
 def _acc_rows(rows, k=None):
-    return [([k] if k is not None else []) + [r["name"], _pct(r["top1"]), _pct(r["top5"]),
-                                                _pct(r["mean_class_accuracy"])] for r in rows]
+    return [([k] if k is not None else []) + [r["name"], r["top1"], r["top5"], r["mean_class_accuracy"]]
+            for r in rows]
+
+
+def _pct_columns(*columns) -> dict:
+    return {c: pct for c in columns}
 
 
 def ntu_tables(r: dict) -> list:
@@ -165,48 +165,49 @@ def ntu_tables(r: dict) -> list:
         title = f"NTU60: {r['num_samples']} samples, {r.get('num_classes', '?')} classes"
         if views > 1:
             title += f", {views} views ({r['aggregate']})"
-        out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True))
+        out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True,
+                         formats=_pct_columns(1, 2, 3)))
     if r.get("clips"):
         rows = [row for c in r["clips"] for row in _acc_rows(c["rows"], c["k"])]
         if r.get("rows"):  # prediction files: per-view scores, the first k views
             title, col = "Accuracy using the first k views (%)", "k views"
         else:  # a model run: num_clips=k on the sampling step (a clip may give several views, e.g. flips)
             title, col = f"{r.get('checkpoint', 'model')}: accuracy with num_clips=k (%)", "k clips"
-        out.append(Table([col] + head, rows, title=title, primary=not r.get("rows")))
+        out.append(Table([col] + head, rows, title=title, primary=not r.get("rows"), formats=_pct_columns(2, 3, 4)))
     pc = r.get("per_class")
     if pc:
         out.append(Table(["label", "class", "samples", "accuracy"],
-                         [[c["label"], c["name"], c["count"], _pct(c["accuracy"])] for c in pc["classes"]],
-                         title=f"Per-class accuracy of {pc['row']} (%)"))
+                         [[c["label"], c["name"], c["count"], c["accuracy"]] for c in pc["classes"]],
+                         title=f"Per-class accuracy of {pc['row']} (%)", formats=_pct_columns(3)))
         out.append(Table(["true", "predicted as", "samples", "% of true class"],
-                         [[p["true_name"], p["pred_name"], p["count"], _pct(p["fraction"])] for p in pc["confused"]],
-                         title="Most confused pairs"))
+                         [[p["true_name"], p["pred_name"], p["count"], p["fraction"]] for p in pc["confused"]],
+                         title="Most confused pairs", formats=_pct_columns(3)))
     return out
 
 
 def kaist_tables(r: dict) -> list:
     rows, notes = [], []
     for m in r["methods"]:
-        rows.append([m["name"]] + [_pct(m["MR"][s]) for s in ("all", "day", "night")]
-                    + [_pct(m["recall"]["all"]), _pct(m["AP50"]["all"]), m["images_without_detections"]])
+        rows.append([m["name"]] + [m["MR"][s] for s in ("all", "day", "night")]
+                    + [m["recall"]["all"], m["AP50"]["all"], m["images_without_detections"]])
         notes += m["notes"]
         if m["unsorted_images"]:
             notes.append(f"{m['name']}: {m['unsorted_images']} images list detections out of score order; they were "
                          "sorted (the MLPD script itself needs sorted input)")
     title = f"KAIST {r['setup']}, {r['protocol']} protocol: MR-2 (%, lower is better), recall and AP@0.5 (%)"
     main = Table(["method", "MR all", "MR day", "MR night", "recall", "AP50", "images w/o det"], rows,
-                 title=title, primary=True, notes=notes)
-    both = [[m["name"]] + [_pct(m["protocols"][p]["MR"][s]) for p in ("mlpd", "matlab")
+                 title=title, primary=True, notes=notes, formats=_pct_columns(1, 2, 3, 4, 5))
+    both = [[m["name"]] + [m["protocols"][p]["MR"][s] for p in ("mlpd", "matlab")
                            for s in ("all", "day", "night")] for m in r["methods"]]
     proto = Table(["method", "mlpd all", "mlpd day", "mlpd night", "matlab all", "matlab day", "matlab night"],
-                  both, title="MR-2 under both protocols (%)")
+                  both, title="MR-2 under both protocols (%)", formats=_pct_columns(1, 2, 3, 4, 5, 6))
     return [main, proto]
 
 
 def gate_table(g: dict, baseline: str) -> Table:
-    rows = [[c["metric"], _pct(c["baseline"]), _pct(c["current"]),
-             "-" if c["delta"] is None else f"{c['delta']:+.2f}", f"{c['tolerance']:g}", c["better"], c["status"]]
+    rows = [[c["metric"], c["baseline"], c["current"], c["delta"], c["tolerance"], c["better"], c["status"]]
             for c in g["checks"]]
     head = "PASSED" if g["passed"] else f"FAILED ({g['regressions']} regression(s))"
     return Table(["metric", "baseline", "current", "delta", "tolerance", "better", "status"], rows,
-                 title=f"Regression gate vs {baseline}: {head}")
+                 title=f"Regression gate vs {baseline}: {head}",
+                 formats={1: pct, 2: pct, 3: signed, 4: lambda x: f"{x:g}"})
