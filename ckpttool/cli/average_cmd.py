@@ -7,7 +7,7 @@ import click
 
 from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.cli.runs_cmd import value
-from ckpttool.report.output import Table, human_bytes
+from ckpttool.report.output import Cell, Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
 
@@ -65,8 +65,8 @@ def tables(r: dict) -> list[Table]:
         unit = " (%)" if pct else ""
         out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
                          title=f"Greedy soup ({r['mode']} {name}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
-    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), f"{i['weight']:.4f}",
-             (i.get("sha256") or "-")[:12]] for i in r["inputs"]]
+    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), Cell(i["weight"], "{:.4f}".format),
+             Cell(i.get("sha256"), lambda h: (h or "-")[:12])] for i in r["inputs"]]
     heads = ["input", "epoch", "iter", "weight", "sha256"]
     logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.get("selected") or []}
     if any(v is not None for v in logged.values()):
@@ -76,7 +76,7 @@ def tables(r: dict) -> list[Table]:
             row.append(value(logged.get(row[0]), pct))
     out.append(Table(heads, rows, primary=True,
                      title=f"{r['method']} average of {len(rows)} checkpoint(s) ({r['section']})"))
-    info = [["output", r["output"]], ["size", human_bytes(r["bytes"])],
+    info = [["output", r["output"]], ["size", Cell(r["bytes"], human_bytes)],
             ["tensors", f"{r['tensors']} ({r['averaged']} averaged, {r['picked']} integer taken by "
                         f"'{r['int_buffers']}')"], ["dtype", r["dtype"]]]
     if r["skipped"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ckpttool.cli.common import ORDER_KEY, Command, MultiOption, OrderedOption, finish, output_options
-from ckpttool.report.output import Table, human_bytes, human_count
+from ckpttool.report.output import Cell, Table, human_bytes, human_count
 
 def rule_option(name, metavar, help_):
     return click.option(name, cls=OrderedOption, metavar=metavar, help=help_)
@@ -128,7 +128,7 @@ def module_table(r: dict) -> list[list]:
     for m in r["modules"]:
         init = ",".join(f"{k} {v}" for k, v in m["init"].items())
         acts = ",".join(f"{k} {v}" for k, v in m["actions"].items())
-        rows.append([m["name"], m["tensors"], human_count(m["params"]), m["loaded"],
+        rows.append([m["name"], m["tensors"], Cell(m["params"], human_count), m["loaded"],
                      f"{m['new']} ({init})" if m["new"] else 0, f"{m['mismatched']} ({acts})" if m["mismatched"] else 0,
                      m["from"] or "-"])
     return rows

@@ -36,7 +36,7 @@ class Cell:
     fmt: Callable[[Any], str] = str
 
     def __str__(self) -> str:
-        return self.fmt(self.raw)
+        return "-" if self.raw is None else self.fmt(self.raw)
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Table:
 
 def _text(value, formatter):
     if isinstance(value, Cell):
-        return str(value)
+        value, formatter = value.raw, value.fmt
     if value is None:
         return None
     return formatter(value) if formatter is not None else str(value)
