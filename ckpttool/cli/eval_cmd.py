@@ -4,9 +4,7 @@ from __future__ import annotations
 import click
 
 from ckpttool.cli.common import Command, MultiOption, finish, output_options
-from ckpttool.errors import CkptError
 from ckpttool.metrics.constants import AGGREGATES, SETUPS
-from ckpttool.options import parse_clips
 from ckpttool.report.output import Table, pct, signed
 
 
@@ -44,6 +42,8 @@ from ckpttool.report.output import Table, pct, signed
 @click.option("--summary", type=click.Path(), metavar="FILE",
               help="Append the gate's markdown summary to FILE (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
+@click.option("--project-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="With CONFIG: put DIR (and the current directory) on sys.path for the config's custom_imports.")
 @click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
 @click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -54,7 +54,7 @@ from ckpttool.report.output import Table, pct, signed
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
-             views_per_batch, cache, device, launcher, limit, dump, fmt):
+             project_root, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
     \b
@@ -62,90 +62,29 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
     ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
-    from ckpttool.metrics import gate
+    from ckpttool.engine.evaluate import run_eval
 
-    ks = parse_clips(clips) if clips else []
-    default_tol, overrides = gate.parse_tolerance(tolerance)
-    inputs = list(preds) + [p for p in (ann, baseline, config, checkpoint) if p]
-    if save_metrics:
-        from ckpttool.io.write import check_output
-
-        check_output(save_metrics, inputs, force)
-    if summary:
-        from ckpttool.io.write import check_output
-
-        check_output(summary, inputs, force=True)  # appended to; never one of the inputs
-    if plot:
-        from ckpttool.report.plots import check_plot_path
-
-        check_plot_path(plot)
-    base = gate.load_baseline(baseline) if baseline else None
-
-    if config or checkpoint:
-        if not (config and checkpoint):
-            raise CkptError("running a model needs both CONFIG and CHECKPOINT")
-        if preds or task == "kaist":
-            raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
-        from ckpttool.integrations.mmaction_recognizer import evaluate_model
-
-        result = evaluate_model(config, checkpoint, clips=ks or None, aggregate=aggregate,
-                                cfg_options=list(cfg_options) or None, split=split,
-                                views_per_batch=views_per_batch, cache=cache, device=device, launcher=launcher,
-                                limit=limit, dump=dump)
-        tables = ntu_tables(result)
-    elif task == "kaist":
-        if not ann:
-            raise CkptError("--task kaist needs --ann KAIST_annotation.json")
-        from ckpttool.metrics.kaist import evaluate_kaist
-
-        result = evaluate_kaist(list(preds), ann, protocol=protocol, setup=setup, curves=bool(plot))
-        tables = kaist_tables(result)
-    elif task == "ntu60":
-        from ckpttool.metrics.ntu import evaluate_ntu
-
-        result = evaluate_ntu(list(preds), coefficients=list(coefficients) or None, apply_softmax=apply_softmax,
-                              ann=ann, split=split, aggregate=aggregate or "prob", clips=ks or None,
-                              per_class=per_class)
-        tables = ntu_tables(result)
-    else:
-        raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
-
-    if plot:
-        _plot(result, plot, force=force, inputs=inputs)
-    failed = None
-    if base is not None:
-        result["gate"] = gate.compare(result, base, default_tol, overrides)
-        result["gate"]["baseline"] = baseline
-        tables.append(gate_table(result["gate"], baseline))
-        if summary:
-            from ckpttool.io.write import write_text
-
-            write_text(summary, gate.summary_markdown(result["gate"], baseline), append=True, inputs=inputs)
-        if not result["gate"]["passed"]:
-            failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
-    if save_metrics:
-        gate.save_metrics({k: v for k, v in result.items() if k != "gate"}, save_metrics, inputs, force)
-    finish(result, tables, fmt, failed)
+    report = run_eval(config, checkpoint, task=task, preds=preds, ann=ann, plot=plot, save_metrics=save_metrics,
+                      force=force, baseline=baseline, tolerance=tolerance, summary=summary, clips=clips,
+                      aggregate=aggregate, coefficients=coefficients, apply_softmax=apply_softmax, split=split,
+                      per_class=per_class, protocol=protocol, setup=setup, **_model_options(
+                          config, cfg_options=list(cfg_options) or None, views_per_batch=views_per_batch,
+                          cache=cache, device=device, launcher=launcher, limit=limit, dump=dump,
+                          project_root=project_root))
+    finish(report.to_dict(), tables(report), fmt, report.failed)
 
 
-def _plot(result, path, **save):
-    from ckpttool.report import plots
+def _model_options(config, **options) -> dict:
+    """The options of a model run, only when there is one (prediction files take none of them)."""
+    return options if config else {}
 
-    if result["task"] == "kaist":
-        plots.plot_miss_rate(result["methods"], path, **save)
-        for m in result["methods"]:
-            m.pop("curves", None)
-    elif result.get("clips"):
-        plots.plot_clips(result["clips"], path, **save)
-    elif result.get("per_class"):
-        pc = result["per_class"]
-        from ckpttool.metrics.ntu import class_names_for
 
-        names = class_names_for(len(pc["confusion"]))
-        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"], **save)
-    else:
-        raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
-                        "(give --per-class)")
+def tables(report) -> list:
+    """The tables of an ``EvalReport``: the task's, then the gate's."""
+    out = kaist_tables(report.result) if report.result["task"] == "kaist" else ntu_tables(report.result)
+    if report.gate is not None:
+        out.append(gate_table(report.gate, report.gate["baseline"]))
+    return out
 
 
 def _acc_rows(rows, k=None):

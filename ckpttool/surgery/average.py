@@ -8,9 +8,7 @@ never imported. Integer/bool tensors are never averaged: `int_buffers` picks the
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import mmap
 import os
 import re
 import threading
@@ -18,6 +16,7 @@ import zlib
 from collections import deque
 
 from ckpttool.errors import CkptError
+from ckpttool.io.hashing import digest
 
 CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
 PROGRESS_BYTES = 64 << 20  # a progress bar (stderr, TTY only) from this output size on
@@ -208,20 +207,6 @@ def pick_int(key: str, refs, rule: str, names) -> tuple[object, str | None]:
 
 
 # --- provenance -----------------------------------------------------------------------------------------------
-def sha256_of(path: str) -> str:
-    """sha256 of a file through its memory map (a folder: of its files' bytes in sorted order)."""
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    for p in files:
-        with open(p, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                continue
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                h.update(mm)
-    return h.hexdigest()
-
-
 class Hasher(threading.Thread):
     """sha256 of the inputs in the background (hashlib releases the GIL), overlapping the averaging."""
 
@@ -232,7 +217,7 @@ class Hasher(threading.Thread):
     def run(self):
         try:
             for p in self.paths:
-                self.digests[os.path.abspath(p)] = sha256_of(p)
+                self.digests[os.path.abspath(p)] = digest(p)
         except OSError as exc:
             self.error = exc
 
