@@ -16,6 +16,7 @@ import zlib
 from collections import deque
 
 from ckpttool.errors import CkptError
+from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.io.hashing import digest
 
 CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
@@ -117,14 +118,9 @@ def _flat(ref):
 
 def _as_float(src, dtype: str, scratch):
     """A chunk of raw values as something numpy adds exactly into float64 (bfloat16: its float32 bits)."""
-    import numpy as np
-
     if dtype != "bfloat16":
         return src
-    u = scratch[: src.size]
-    np.copyto(u, src)
-    np.left_shift(u, 16, out=u)
-    return u.view(np.float32)
+    return widen_bfloat16(src, scratch)
 
 
 def bf16_bits(f32):
