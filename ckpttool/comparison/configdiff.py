@@ -73,15 +73,9 @@ def load_file(path: str) -> dict:
     """A config file named by the user (.py/.json/.yaml) via mmengine, without importing `custom_imports`."""
     from ckpttool.integrations.openmmlab import read_config_file
 
-    return _plain(read_config_file(path))
+    from ckpttool.plain import plain
 
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
-    return obj if isinstance(obj, SCALARS) else str(obj)
+    return plain(read_config_file(path), max_depth=1000)
 
 
 def embedded(ck) -> dict | None:

@@ -63,12 +63,13 @@ def evaluate(adapter: TaskAdapter, config, checkpoint, settings=None, *, cfg_opt
 def build_run(config, cfg_options=None, split=None, project_root=None) -> Build:
     """The build stage: the config with ``--cfg-options``, its default scope and custom imports, the test set."""
     from ckpttool.integrations import openmmlab
+    from ckpttool.plain import plain
 
     cfg = openmmlab.load_config(config, cfg_options, project_root=project_root)
     openmmlab.import_scope(cfg.get("default_scope"))
     dataset_cfg = openmmlab.test_dataset_cfg(cfg, split)
     split_name = split if split is not None else openmmlab.inner_dataset(dataset_cfg).get("split")
-    fingerprint = {"model": openmmlab.plain(cfg.model), "dataset": openmmlab.plain(dataset_cfg),
+    fingerprint = {"model": plain(cfg.model, max_depth=1000), "dataset": plain(dataset_cfg, max_depth=1000),
                    "scope": cfg.get("default_scope")}
     return Build(str(config), cfg, dataset_cfg, split_name, fingerprint)
 

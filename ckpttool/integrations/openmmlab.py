@@ -133,11 +133,6 @@ def read_config_file(path) -> dict:
     return cfg.to_dict()
 
 
-def plain(cfg_node):
-    """A ConfigDict (or anything else) as plain dicts/lists, for fingerprints and JSON."""
-    return cfg_node.to_dict() if hasattr(cfg_node, "to_dict") else cfg_node
-
-
 def inner_dataset(dataset_cfg):
     """The innermost dataset config (the one with the ``pipeline``), looking through wrappers
     (``RepeatDataset``, ``ConcatDataset``-like ``dataset=`` nesting)."""

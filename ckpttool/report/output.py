@@ -80,23 +80,11 @@ def _is_number(value) -> bool:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain JSON values only: tuples become lists, numpy scalars numbers, non-finite floats strings."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar / 0-d array
-        try:
-            return to_jsonable(obj.item())
-        except (TypeError, ValueError):
-            pass
-    if hasattr(obj, "tolist"):
-        return to_jsonable(obj.tolist())
-    return str(obj)
+    """Plain JSON values only (:func:`ckpttool.plain.plain`): tuples become lists, numpy scalars numbers,
+    non-finite floats strings."""
+    from ckpttool.plain import plain
+
+    return plain(obj, finite=True, max_depth=1000)
 
 
 def render_json(result: dict) -> str:
