@@ -14,11 +14,8 @@ import json
 import mmap
 import os
 import re
-import secrets
 import signal
-import socket
 import struct
-import tempfile
 import threading
 import zlib
 from dataclasses import dataclass
@@ -452,6 +449,9 @@ def scratch_file(near, suffix: str = "") -> Iterator[str]:
     """A hidden name next to `near` for an intermediate file that a path-based step needs (e.g. `average
     --update-bn`: average, recalibrate in place, then `publish_file`). The file is removed when the block ends,
     on an error, SIGTERM or SIGINT; files left by a SIGKILLed run (their pid gone) are removed on the next call."""
+    import secrets
+    import socket
+
     near = os.path.abspath(os.fspath(near))
     directory, base = os.path.split(near)
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
@@ -486,6 +486,8 @@ def _publish(fd: int | None, tmp: str | None, path: str, replace: bool) -> None:
         except FileExistsError:
             if not replace:
                 raise CkptError(f"{path} exists; pass --force to replace it") from None
+            import secrets
+
             hidden = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
             _link_fd(fd, hidden)
             try:
@@ -527,6 +529,8 @@ def _open_temp(directory: str, base: str) -> tuple[int, str | None]:
             return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o644), None
         except OSError:
             pass
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     os.fchmod(fd, 0o644 & ~_umask())
     return fd, name
@@ -578,10 +582,14 @@ _signal_depth = 0
 @contextlib.contextmanager
 def _signals_clean_up():
     """While an output is open, SIGTERM raises `Terminated` (SIGINT already raises KeyboardInterrupt) so that
-    `finally` blocks remove temp files. Only in the main thread, and only over the default handler."""
+    `finally` blocks remove temp files. Only in the main thread (where Python runs handlers), only over the
+    default handler, installed by the outermost block."""
     global _signal_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     installed = False
-    if _signal_depth == 0 and threading.current_thread() is threading.main_thread():
+    if _signal_depth == 0:
         try:
             installed = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
             if installed:
