@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import mmap
 import os
 import queue
 import re
@@ -19,6 +18,8 @@ import zlib
 from collections import deque
 
 from ckpttool.errors import CkptError
+from ckpttool.io.dtypes import widen_bfloat16
+from ckpttool.io.hashing import digest
 
 CHUNK = 1 << 16  # elements per accumulation chunk: 512 KiB of float64, accumulator and widened input fit in L2
                  # (thread CPU time of 8 x 145 MB: 64K 0.21-0.24 s, 16K 0.29-0.30 s, 256K 0.30-0.35 s)
@@ -120,14 +121,9 @@ def _flat(ref):
 
 def _as_float(src, dtype: str, scratch):
     """A chunk of raw values as something numpy adds exactly into float64 (bfloat16: its float32 bits)."""
-    import numpy as np
-
     if dtype != "bfloat16":
         return src
-    u = scratch[: src.size]
-    np.copyto(u, src)
-    np.left_shift(u, 16, out=u)
-    return u.view(np.float32)
+    return widen_bfloat16(src, scratch)
 
 
 def bf16_bits(f32):
@@ -212,26 +208,13 @@ def pick_int(key: str, refs, rule: str, names) -> tuple[object, str | None]:
 
 
 # --- provenance -----------------------------------------------------------------------------------------------
-def sha256_of(path: str) -> str:
-    """sha256 of a file through its memory map (a folder: of its files' bytes in sorted order)."""
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    for p in files:
-        with open(p, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                continue
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                h.update(mm)
-    return h.hexdigest()
-
-
 class InputDigests:
     """sha256 of every input, computed in the same pass as the average and from the same pages: after each tensor,
     every input file is hashed up to the end of that tensor's storage, through the reader's own memory map, on
     threads (one per core; hashlib releases the GIL) that follow the averaging, so the hash reads what the average
     has just read instead of traversing the inputs again. The rest of each file (pickle, other sections, the zip
-    directory) is hashed when the average is done. Folders (DCP, sharded) go through `sha256_of`."""
+    directory) is hashed when the average is done. For a file this is `ckpttool.io.hashing.digest`'s value;
+    folders (DCP, sharded) go through `digest` itself."""
 
     def __init__(self, inputs, known: dict | None = None):
         """`known`: {absolute path: sha256} already known (e.g. from a digest cache); those files are not hashed."""
@@ -277,7 +260,7 @@ class InputDigests:
                 f = self.files[i]
                 if f is None:  # known, a folder, or data the reader does not map from the file itself
                     if self.paths[i] not in self.digests:
-                        self.digests[self.paths[i]] = sha256_of(self.paths[i])
+                        self.digests[self.paths[i]] = digest(self.paths[i])
                     continue
                 stop = f.size if stop is None else min(stop, f.size)
                 if stop > self.pos[i]:
@@ -484,9 +467,8 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     model of the mmengine `config`, load the weights through the safe reader, reset every BN layer to a
     cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode."""
     import torch
-    from mmengine.runner import Runner
 
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config, recalibrate_bn
     from ckpttool.io import load
     from ckpttool.io.layout import plain
     from ckpttool.io.write import save
@@ -504,23 +486,7 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     for m in bns.values():
         m.reset_running_stats()
         m.momentum = None
-    seed = (cfg.get("randomness") or {}).get("seed")
-    try:
-        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    except Exception as exc:
-        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
-    model.train()
-    seen = 0
-    with torch.no_grad():
-        for data in loader:
-            if seen >= batches:
-                break
-            data = model.data_preprocessor(data, True)
-            if isinstance(data, dict):
-                model(**data, mode="tensor")
-            else:
-                model(*data, mode="tensor")
-            seen += 1
+    seen = recalibrate_bn(model, cfg, batches, config)
     new = {}
     for name, m in bns.items():
         for buf in ("running_mean", "running_var", "num_batches_tracked"):
