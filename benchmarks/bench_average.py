@@ -231,8 +231,9 @@ def main():
                                      for name in ("ckpt", "ckpt_before") if name in r)
                     print(f"  wall ratio to {base}: {line}")
                 o, nh = r["ckpt"], r["ckpt_no_sha256"]
-                print(f"  RssAnon ckpt/timm-style {o['anon'] / r['timm-style']['anon']:.2f} x;  ckpt - ckpt_no_sha256 = "
-                      f"{o['wall'] - nh['wall']:+.2f} s wall, {o['cpu'] - nh['cpu']:+.2f} s cpu;  {r['same']}")
+                print(f"  RssAnon ckpt/timm-style {o['anon'] / r['timm-style']['anon']:.2f} x;  "
+                      f"ckpt - ckpt_no_sha256 = {o['wall'] - nh['wall']:+.2f} s wall, {o['cpu'] - nh['cpu']:+.2f} s cpu;"
+                      f"  {r['same']}")
         print("accumulation of 3 x 4M float32 (in-process):")
         print("\n".join(accumulators()))
     finally:

@@ -50,7 +50,7 @@ def test_cuda_asked_for_but_absent_is_one_line_exit_2(tmp_path, monkeypatch):
 
 def test_model_run_uses_the_resolved_device(tmp_path, monkeypatch):
     """`ckpt eval CONFIG CHECKPOINT` without --device: the library resolves it (cuda when present)."""
-    import ckpttool.eval.tta as tta
+    import ckpttool.integrations.mmaction_recognizer as tta
 
     seen = {}
 

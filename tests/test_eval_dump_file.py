@@ -11,7 +11,7 @@ pytest.importorskip("mmaction")
 pytest.importorskip("torch")
 
 from ckpttool.errors import CkptError  # noqa: E402
-from ckpttool.eval.tta import evaluate_model  # noqa: E402
+from ckpttool.integrations.mmaction_recognizer import evaluate_model  # noqa: E402
 from tests.support.ntu_fixtures import model_setups, ntu_workdir  # noqa: E402,F401  (ntu_workdir is a fixture)
 
 pytestmark = pytest.mark.mmaction
@@ -36,7 +36,7 @@ def test_dump_file_pkl_matches_tools_test_and_bar_ends_at_total(ntu_workdir, tmp
     err = capsys.readouterr().err
     import re
 
-    final = [seg for seg in re.split(r"[\r\n]", err) if seg.startswith("testing num_clips=3")][-1]
-    assert "testing num_clips=3: 100%" in final and "2/2" in final and "samples/s" in final
+    final = [seg for seg in re.split(r"[\r\n]", err) if seg.startswith("clips 3")][-1]
+    assert "clips 3: 100%" in final and "2/2" in final and "samples/s" in final
     with pytest.raises(CkptError, match="one file holds one setting"):
         evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, limit=1, dump=str(out))

@@ -202,7 +202,7 @@ def test_clips_from_predictions(tmp_path, rendered, metric, label, key):
 
 
 def test_clips_model_run_marks_the_configs_num_clips(tmp_path, rendered, monkeypatch):
-    import ckpttool.eval.tta as tta
+    import ckpttool.integrations.mmaction_recognizer as tta
 
     rows = [{"name": "rgb", "top1": 80.0, "top5": 95.0, "mean_class_accuracy": 79.0},
             {"name": "pose", "top1": 85.0, "top5": 97.0, "mean_class_accuracy": 84.0},

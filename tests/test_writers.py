@@ -47,6 +47,7 @@ def test_link_publishing_refuses_a_name_that_appeared_meanwhile(tmp_path, temp_k
     loser = atomic_output(out)
     f = loser.__enter__()                    # passed the early check: the name does not exist yet
     f.write(b"loser")
+    check_output(out)                        # nothing is visible under the name while it is written
     write_bytes(out, b"winner")              # another writer publishes first
     with pytest.raises(CkptError, match=r"o\.bin exists; pass --force to replace it"):
         loser.__exit__(None, None, None)

@@ -5,14 +5,14 @@ import os
 
 import click
 
-from ckpttool.cli.common import MultiOption, examples, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
 from ckpttool.cli.runs_cmd import value
-from ckpttool.report.output import Table, human_bytes
+from ckpttool.report.output import Cell, Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
 
 
-@click.command("average", epilog=examples(
+@click.command("average", cls=Command, epilog=examples(
     "ckpt average work_dirs/rgbpose/epoch_{22,23,24}.pth -o swa.pth",
     "ckpt average --work-dir work_dirs/rgbpose --best 3 --metric acc/RGBPose_1:1_top1 -o best3.pth "
     "--update-bn rgbpose.py",
@@ -49,65 +49,16 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
 
     Floating tensors are averaged in float64 and written in their dtype; integer buffers follow --int-buffers.
     Streams one tensor at a time; the output is written atomically and verified by re-reading it."""
-    from ckpttool.errors import CkptError
     from ckpttool.report.progress import warn
-    from ckpttool.workdirs.runs import choose
+    from ckpttool.surgery.average_job import run_average
 
-    paths, known, selected = list(checkpoints), None, None
-    if work_dir:
-        if paths:
-            raise CkptError("give checkpoints or --work-dir, not both")
-        paths, known, selected = choose(work_dir, last=last, best=best, metric=metric, mode=mode, every=greedy)
-    elif last is not None or best is not None:
-        raise CkptError("--last/--best choose checkpoints from --work-dir DIR")
-    if not paths:
-        raise CkptError("give checkpoints to average, or --work-dir DIR with --last N / --best N --metric NAME")
-    if device and not update_bn:
-        raise CkptError("--device is where --update-bn runs the model; averaging itself needs no device")
-    common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
-    if update_bn:  # average into a scratch file next to OUT, recalibrate it, then publish: OUT appears only when done
-        from ckpttool.integrations.openmmlab import load_config, resolve_device
-        from ckpttool.io.write import check_output, publish_file, scratch_file
-        from ckpttool.surgery.average import update_bn as recalibrate
-
-        final = check_output(out, paths, force)
-        device = resolve_device(device)       # --device cuda without a GPU fails before any work
-        load_config(update_bn, cfg_options)  # a bad config fails before any work
-        with scratch_file(final, ".safetensors" if final.endswith(".safetensors") else "") as tmp:
-            result = _run(paths, tmp, weights, greedy, metric, mode, eval_cmd, known, False, common)
-            result["update_bn"] = recalibrate(tmp, update_bn, bn_batches, cfg_options, device)
-            publish_file(tmp, final, force=force, inputs=paths)
-        result.update(output=final, bn_stale=False)
-        result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
-        result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
-                               "batch(es) of the config's train_dataloader")
-    else:
-        result = _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common)
-    if selected is not None:
-        result["selected"] = selected
-        result.setdefault("metric", metric)
+    result = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
+                         weights=weights, greedy=greedy, eval_cmd=eval_cmd, update_bn=update_bn,
+                         bn_batches=bn_batches, cfg_options=cfg_options, force=force, device=device, section=section,
+                         int_buffers=int_buffers, dtype=dtype, intersection=intersection)
     for w in result["warnings"]:
         warn(w)
     finish(result, tables(result), fmt)
-
-
-def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common) -> dict:
-    from ckpttool.errors import CkptError
-    from ckpttool.workdirs import runs
-    from ckpttool.surgery.average import average
-
-    if greedy:
-        from ckpttool.surgery.soup import greedy_soup
-
-        if weights:
-            raise CkptError("--weights cannot be combined with --greedy")
-        if not metric:
-            raise CkptError("--greedy needs --metric NAME")
-        return greedy_soup(paths, out, eval_cmd, metric, mode or runs.metric_mode(metric), known=known,
-                           force=force, **common)
-    if eval_cmd:
-        raise CkptError("--eval-cmd is used by --greedy")
-    return average(paths, out, weights=weights, force=force, **common)
 
 
 def tables(r: dict) -> list[Table]:
@@ -120,8 +71,8 @@ def tables(r: dict) -> list[Table]:
         unit = " (%)" if pct else ""
         out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
                          title=f"Greedy soup ({r['mode']} {name}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
-    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), f"{i['weight']:.4f}",
-             (i.get("sha256") or "-")[:12]] for i in r["inputs"]]
+    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), Cell(i["weight"], "{:.4f}".format),
+             Cell(i.get("sha256"), lambda h: (h or "-")[:12])] for i in r["inputs"]]
     heads = ["input", "epoch", "iter", "weight", "sha256"]
     logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.get("selected") or []}
     if any(v is not None for v in logged.values()):
@@ -131,7 +82,7 @@ def tables(r: dict) -> list[Table]:
             row.append(value(logged.get(row[0]), pct))
     out.append(Table(heads, rows, primary=True,
                      title=f"{r['method']} average of {len(rows)} checkpoint(s) ({r['section']})"))
-    info = [["output", r["output"]], ["size", human_bytes(r["bytes"])],
+    info = [["output", r["output"]], ["size", Cell(r["bytes"], human_bytes)],
             ["tensors", f"{r['tensors']} ({r['averaged']} averaged, {r['picked']} integer taken by "
                         f"'{r['int_buffers']}')"], ["dtype", r["dtype"]]]
     if r["skipped"]:

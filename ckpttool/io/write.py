@@ -14,11 +14,8 @@ import json
 import mmap
 import os
 import re
-import secrets
 import signal
-import socket
 import struct
-import tempfile
 import threading
 import zlib
 from dataclasses import dataclass
@@ -257,17 +254,25 @@ def _emit_tensor(t: OutTensor, key: str, out: bytearray) -> None:
     for n in reversed(t.shape):
         stride.append(acc)
         acc *= max(n, 1)
-    out += b"ctorch._utils\n_rebuild_tensor_v2\n("
-    out += b"(X\x07\x00\x00\x00storage" + f"ctorch\n{d.storage}\n".encode()
+    if d.is_quantized:
+        raise CkptError(f"{key}: quantized tensors ({d.name}) cannot be written by ckpt")
+    # dtypes without a typed storage class (float8 family, complex32, bits*, uint16+) are saved the way torch
+    # saves them: an UntypedStorage counted in bytes, and _rebuild_tensor_v3 naming the dtype
+    v3 = d.storage is None
+    out += b"ctorch._utils\n_rebuild_tensor_v3\n(" if v3 else b"ctorch._utils\n_rebuild_tensor_v2\n("
+    storage_class = "torch.storage\nUntypedStorage" if v3 else f"torch\n{d.storage}"
+    out += b"(X\x07\x00\x00\x00storage" + f"c{storage_class}\n".encode()
     _emit(key, out)
     _emit("cpu", out)
-    _emit(numel, out)
+    _emit(numel * d.itemsize if v3 else numel, out)
     out += b"tQ"            # persistent id tuple, BINPERSID
     _emit(0, out)           # storage offset
     _emit(tuple(t.shape), out)
     _emit(tuple(reversed(stride)), out)
-    out += b"\x89ccollections\nOrderedDict\n)Rt"  # requires_grad=False, backward hooks, end args
-    out += b"R"
+    out += b"\x89ccollections\nOrderedDict\n)R"  # requires_grad=False, backward hooks
+    if v3:
+        out += f"ctorch\n{d.name}\n".encode()
+    out += b"tR"
 
 
 # --- safetensors ----------------------------------------------------------------------------------------------
@@ -456,6 +461,9 @@ def scratch_file(near, suffix: str = "") -> Iterator[str]:
     """A hidden name next to `near` for an intermediate file that a path-based step needs (e.g. `average
     --update-bn`: average, recalibrate in place, then `publish_file`). The file is removed when the block ends,
     on an error, SIGTERM or SIGINT; files left by a SIGKILLed run (their pid gone) are removed on the next call."""
+    import secrets
+    import socket
+
     near = os.path.abspath(os.fspath(near))
     directory, base = os.path.split(near)
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
@@ -490,6 +498,8 @@ def _publish(fd: int | None, tmp: str | None, path: str, replace: bool) -> None:
         except FileExistsError:
             if not replace:
                 raise CkptError(f"{path} exists; pass --force to replace it") from None
+            import secrets
+
             hidden = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
             _link_fd(fd, hidden)
             try:
@@ -531,6 +541,8 @@ def _open_temp(directory: str, base: str) -> tuple[int, str | None]:
             return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o644), None
         except OSError:
             pass
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     os.fchmod(fd, 0o644 & ~_umask())
     return fd, name
@@ -582,10 +594,14 @@ _signal_depth = 0
 @contextlib.contextmanager
 def _signals_clean_up():
     """While an output is open, SIGTERM raises `Terminated` (SIGINT already raises KeyboardInterrupt) so that
-    `finally` blocks remove temp files. Only in the main thread, and only over the default handler."""
+    `finally` blocks remove temp files. Only in the main thread (where Python runs handlers), only over the
+    default handler, installed by the outermost block."""
     global _signal_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     installed = False
-    if _signal_depth == 0 and threading.current_thread() is threading.main_thread():
+    if _signal_depth == 0:
         try:
             installed = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
             if installed:
