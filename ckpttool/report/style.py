@@ -2,8 +2,8 @@
 
 Figures are sized for a paper: one panel is a column wide (:data:`COLUMN_WIDTH` = 3.5 in) with 8 pt text, so
 they print legibly at that size; the format follows the file's extension (PDF / SVG are vector, PNG is 300 dpi).
-Every figure is rendered in memory and written through :func:`ckpttool.io.write.write_bytes` (the one atomic writer) (never over an
-existing file without ``force``), so a crash leaves no half-written image.
+Every figure is rendered in memory and written through :func:`ckpttool.io.write.write_bytes`, the one atomic
+writer (never over an existing file without ``force``), so a crash leaves no half-written image.
 
 Typical use (a new figure in three calls)::
 
