@@ -72,11 +72,20 @@ def module_table(modules: list[dict], title: str, limit: int | None = None) -> T
     shown = modules if limit is None else modules[:limit]
     rows = [[m["name"], m["tensors"], m["changed"], fmt_num(m["rel_l2"]), fmt_num(m["max_abs"]),
              fmt_num(m["cosine"], 6), _growth(m), fmt_num((m["buffers"] or {}).get("rel_l2")),
-             "; ".join(integer_text(c) for c in m["integer"][:2]) + (" …" if len(m["integer"]) > 2 else ""),
+             _integers(m["integer"], integer_text),
              _nonfinite(m)] for m in shown]
     notes = [f"… {len(modules) - len(shown)} more modules"] if len(shown) < len(modules) else []
     return Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "norm b/a", "buffers rel L2",
                   "integer", "NaN/Inf in B"], rows, title=title, primary=True, notes=notes)
+
+
+def _integers(changes: list[dict], text) -> str:
+    """Integer tensors that changed, identical ones counted: `num_batches_tracked +19 (x52)`."""
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[text(c)] = counts.get(text(c), 0) + 1
+    items = [t + (f" (x{n})" if n > 1 else "") for t, n in counts.items()]
+    return "; ".join(items[:2]) + (" …" if len(items) > 2 else "")
 
 
 def _growth(m: dict) -> str:
