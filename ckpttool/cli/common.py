@@ -9,7 +9,7 @@ import click
 
 from ckpttool.errors import CheckFailed, CkptError
 from ckpttool.report import progress
-from ckpttool.report.output import FORMATS, emit
+from ckpttool.report.output import FORMATS, emit, library_output_to_stderr
 
 
 def output_options(fn):
@@ -23,7 +23,8 @@ def output_options(fn):
     def wrapper(*args, fmt, quiet, debug, **kwargs):
         progress.set_quiet(quiet)
         try:
-            return fn(*args, fmt=fmt, **kwargs)
+            with library_output_to_stderr(quiet):
+                return fn(*args, fmt=fmt, **kwargs)
         except CheckFailed as exc:
             if str(exc):
                 click.echo(f"ckpt: check failed: {exc}", err=True)

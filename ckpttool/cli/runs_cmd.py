@@ -62,7 +62,9 @@ def show(work_dir, fmt, metric=None, mode=None, collapse_drop=DEFAULT_COLLAPSE, 
     if best_metric:
         path = best_checkpoint(info, best_metric)
         if path_only:
-            click.echo(path)
+            from ckpttool.report.output import print_result
+
+            print_result(path)
             return
     if plot:
         from ckpttool.report.plots import runs_figure

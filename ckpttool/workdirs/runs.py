@@ -232,7 +232,10 @@ def scan(work_dir: str, collapse_drop: float = DEFAULT_COLLAPSE, modes: dict | N
     ckpts = checkpoints(work_dir, read_meta)
     runs = _runs(work_dir)
     last_path = os.path.join(work_dir, "last_checkpoint")
-    last = open(last_path).read().strip() if os.path.isfile(last_path) else None
+    last = None
+    if os.path.isfile(last_path):
+        with open(last_path, encoding="utf-8", errors="replace") as f:
+            last = f.read().strip()
     lineage, owner = _lineage(runs, ckpts, last)
     units = [r["unit"] for r in runs if r["unit"]]
     unit = units[-1] if units else (ckpts[0]["unit"] if ckpts else "epoch")
