@@ -152,9 +152,7 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
     rows = []
     for row in r["rows"]:
         flags = [] if grouped else [f"best {n}" for n in row["best"] if n in names]
-        col = [] if grouped else [n for n in row["collapse"] if n in names]
-        if col:
-            flags.append("collapse " + ",".join(col))
+        flags += [] if grouped else [f"collapse {n}" for n in row["collapse"] if n in names]
         flags += [f.replace("grad_norm", "grad") for f in row.get("flags", [])] if grouped else row.get("flags", [])
         flags += [f"also {b}" for b in row["best_files"]] if not grouped else []
         cells = [row["step"] if r["unit"] == "iter" else (row["epoch"] if row["epoch"] is not None else "-")]
