@@ -105,6 +105,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     else:
         raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
 
+    result["metrics"] = gate.flat_metrics(result)   # one flat object scripts and --greedy soups address
     if plot:
         _plot(result, plot)
     failed = None
@@ -116,9 +117,10 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
             with open(summary, "a", encoding="utf-8") as f:
                 f.write(gate.summary_markdown(result["gate"], baseline))
         if not result["gate"]["passed"]:
-            failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
+            failed = gate.failure_line(result["gate"], baseline)
     if save_metrics:
-        gate.save_metrics({k: v for k, v in result.items() if k != "gate"}, save_metrics, inputs, force)
+        gate.save_metrics({k: v for k, v in result.items() if k not in ("gate", "metrics")}, save_metrics, inputs,
+                          force)
     finish(result, tables, fmt, failed)
 
 
@@ -126,6 +128,8 @@ def _parse_clips(values):
     ks = []
     for v in values or ():
         for part in str(v).split(","):
+            if not part.strip():
+                raise CkptError(f"--clips {v!r}: an empty view count (expected counts like 1,3,5,10)")
             if part.strip():
                 try:
                     k = int(part)

@@ -216,14 +216,14 @@ def per_class_table(scores: np.ndarray, labels: np.ndarray, row_name: str, class
 def evaluate_ntu(preds, coefficients=None, apply_softmax: bool = False, ann: str | None = None,
                  split: str | None = None, aggregate: str = "prob", clips=None, per_class: bool = False) -> dict:
     """`ckpt eval --task ntu60`: read the prediction files (and labels), then `evaluate_scores`."""
-    from ckpttool.metrics.predictions import read_predictions, read_split_labels
+    from ckpttool.metrics.predictions import named_paths, read_predictions, read_split_labels
 
     if not preds:
         raise CkptError("no prediction files given (--preds)")
     if aggregate not in AGGREGATES:
         raise CkptError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
+    names, preds = named_paths(preds)   # NAME=PATH names a row (the gate matches rows by these names)
     read = [read_predictions(p) for p in preds]
-    names = _unique_names([os.path.splitext(os.path.basename(p))[0] for p in preds])
     n = read[0].num_samples
     for p in read[1:]:
         if p.num_samples != n:
@@ -255,10 +255,3 @@ def evaluate_ntu(preds, coefficients=None, apply_softmax: bool = False, ann: str
     out["files"] = list(preds)
     return out
 
-
-def _unique_names(names):
-    seen, out = {}, []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out
