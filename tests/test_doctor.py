@@ -196,3 +196,12 @@ def test_json_under_torchrun_is_printed_once(doc):
     obj, proc = _json_once([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             "-m", "ckpttool", "runs", doc["collapse"]["work_dir"], "--format", "json"])
     assert obj["rows"] and proc.stdout.count('"work_dir"') == 1
+
+
+def test_plot_draws_streams_with_lr(doc, tmp_path):
+    out = tmp_path / "runs.png"
+    code, _, err = invoke("runs", doc["collapse"]["work_dir"], "--plot", out)
+    assert code == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = invoke("runs", doc["collapse"]["work_dir"], "--plot", tmp_path / "runs.txt")
+    assert code == 2 and "--plot" in err

@@ -117,3 +117,29 @@ def test_timm_output_folder_in_runs_and_average_best(tmp_path):
     from ckpttool.io import load
 
     assert np.allclose(load(str(avg)).state_dict()["fc.weight"].numpy(), 1.5)
+
+
+def test_clips_group_flip_views_into_clips(tmp_path):
+    """3 clips x flip TTA (flip-major, as mmaction2's GeneratePoseTarget(double=True) lays them out): --clips k with
+    --views-per-clip 2 averages the 2k views of the first k clips, not the first k views."""
+    rng = np.random.default_rng(3)
+    n, c, clips = 40, 5, 3
+    labels = rng.integers(0, c, n)
+    views = rng.standard_normal((n, 2 * clips, c)).astype(np.float32)
+    views[np.arange(n), clips, labels] += 3.0          # only the flipped copy of clip 0 knows the label
+    path = tmp_path / "flip.npz"
+    np.savez(path, labels=labels, scores=views)
+
+    def top1(idx):
+        e = np.exp(views[:, idx] - views[:, idx].max(axis=2, keepdims=True))
+        prob = (e / e.sum(axis=2, keepdims=True)).mean(axis=1)
+        return 100.0 * float(np.mean(prob.argmax(1) == labels))
+
+    r = eval_json("--preds", path, "--clips", "1,2", "--views-per-clip", "2")
+    got = {x["k"]: x["rows"][0]["top1"] for x in r["clips"]}
+    assert got == {1: pytest.approx(top1([0, 3])), 2: pytest.approx(top1([0, 1, 3, 4]))}
+    assert r["view_layout"] == {"views_per_clip": 2, "order": "flip-major", "clips": 3}
+    plain = eval_json("--preds", path, "--clips", "1")
+    assert plain["clips"][0]["rows"][0]["top1"] == pytest.approx(top1([0])) and plain["notes"]
+    code, _, err = invoke("eval", "--task", "ntu60", "--preds", path, "--views-per-clip", "4")
+    assert code == 2 and "multiple" in err

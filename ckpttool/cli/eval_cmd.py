@@ -27,6 +27,10 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
                    "model's average_clips), score = mean, max = element-wise max.")
 @click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
               help="Also report the table for the first K views, e.g. 1,3,5,10.")
+@click.option("--views-per-clip", type=click.IntRange(1), default=1, show_default=True,
+              help="--preds with per-view scores: views of one clip (2 with flip TTA), so --clips k means k clips.")
+@click.option("--view-order", type=click.Choice(["flip-major", "clip-major"]), default="flip-major",
+              show_default=True, help="How the views of a clip are laid out (mmaction2 flip TTA: flip-major).")
 @click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
 @click.option("--protocol", type=click.Choice(["mlpd", "matlab"]), default="mlpd", show_default=True,
               help="kaist: the headline protocol (both are always computed).")
@@ -52,8 +56,8 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
               help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
-             per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
-             views_per_batch, cache, device, launcher, limit, dump, fmt):
+             views_per_clip, view_order, per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance,
+             summary, cfg_options, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
     \b
@@ -100,7 +104,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
 
         result = evaluate_ntu(list(preds), coefficients=list(coefficients) or None, apply_softmax=apply_softmax,
                               ann=ann, split=split, aggregate=aggregate or "prob", clips=ks or None,
-                              per_class=per_class)
+                              per_class=per_class, views_per_clip=views_per_clip, view_order=view_order)
         tables = ntu_tables(result)
     else:
         raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
