@@ -230,7 +230,7 @@ def explain_tables(x: dict) -> list[Table]:
         if c["restart_from"]:
             rf = c["restart_from"]
             head.append(["restart from", f"{rf['path']} ({unit} {rf['step']}, {rf['metric']} "
-                                         f"{value(rf['value'], True if rf['value'] <= 1 else False)})"])
+                                         f"{value(rf['value'], rf['percent'])})"])
         out.append(Table(["", ""], head, title=f"Collapse at {unit} {c['step']}", notes=c.get("notes", [])))
         srows = [[m["metric"], value(m["from"], m["percent"]), value(m["to"], m["percent"]),
                   f"{m['change']:+.2f}"] for m in c["metrics"]]

@@ -65,7 +65,9 @@ def _streams(ev: dict) -> list[dict]:
         have = per.get(key)
         if have is None or (m["kind"] == "top1" and have["kind"] != "top1"):
             per[key] = m
-    return sorted(per.values(), key=lambda m: m["change"])
+    fusion = [m for m in per.values() if (m["stream"] or "").lower().startswith("rgbpose")]
+    plain = [m for m in per.values() if m not in fusion]
+    return sorted(plain, key=lambda m: m["change"]) + sorted(fusion, key=lambda m: m["change"])
 
 
 def _restart(info: dict, metric: str | None, before: int) -> dict | None:
@@ -81,7 +83,7 @@ def _restart(info: dict, metric: str | None, before: int) -> dict | None:
     if best is None:
         return None
     return {"step": best["step"], "checkpoint": best["checkpoint"], "path": best["path"], "metric": metric,
-            "value": best["metrics"][metric]}
+            "value": best["metrics"][metric], "percent": s["percent"]}
 
 
 def require_events(info: dict) -> None:
