@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 
 SHOW = 20  # rows of a key list in the text formats (json lists all)
 
 
-@click.command("diff")
+@click.command("diff", cls=Command)
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the ranking (default: as inspect).")
@@ -40,6 +40,10 @@ def diff_cmd(a, b, depth, maps, atol, rtol, section, section_a, section_b, confi
     finish(result, tables(result, keys), fmt, failures(result, kinds))
 
 
+def _cosine(x) -> str:
+    return fmt_num(x, 6)
+
+
 def tables(r: dict, all_keys: bool = False) -> list[Table]:
     out = [Table(["", "A", "B"], header_rows(r), notes=[f"note: {n}" for n in r["notes"]]),
            Table(["structure", "count", "keys"], structure_rows(r), title="Structure")]
@@ -51,8 +55,8 @@ def tables(r: dict, all_keys: bool = False) -> list[Table]:
                                           f"floating parameters"))
     changed = r["changed_tensors"] if all_keys else r["changed_tensors"][:10]
     if changed:
-        trows = [[t["key"], t["kind"], f"{t['changed_elements']}/{t['numel']}", fmt_num(t["rel_l2"]),
-                  fmt_num(t["max_abs"]), fmt_num(t["cosine"], 6),
+        trows = [[t["key"], t["kind"], f"{t['changed_elements']}/{t['numel']}", Cell(t["rel_l2"], fmt_num),
+                  Cell(t["max_abs"], fmt_num), Cell(t["cosine"], _cosine),
                   _nonfinite(t) or (f"{t['a']} -> {t['b']}" if "delta" in t else "")] for t in changed]
         more = len(r["changed_tensors"]) - len(changed)
         out.append(Table(["tensor", "kind", "changed elems", "rel L2", "max |b-a|", "cosine", "NaN/Inf / value"], trows,
@@ -70,13 +74,15 @@ def module_table(modules: list[dict], title: str, limit: int | None = None) -> T
     from ckpttool.comparison.diff import integer_text
 
     shown = modules if limit is None else modules[:limit]
-    rows = [[m["name"], m["tensors"], m["changed"], fmt_num(m["rel_l2"]), fmt_num(m["max_abs"]),
-             fmt_num(m["cosine"], 6), _growth(m), fmt_num((m["buffers"] or {}).get("rel_l2")),
+    rows = [[m["name"], m["tensors"], m["changed"], m["rel_l2"], m["max_abs"], m["cosine"],
+             Cell(m["norm_b"] / m["norm_a"] if m.get("norm_a") else None, lambda x: f"{x:.3f}"),
+             (m["buffers"] or {}).get("rel_l2"),
              _integers(m["integer"], integer_text),
              _nonfinite(m)] for m in shown]
     notes = [f"… {len(modules) - len(shown)} more modules"] if len(shown) < len(modules) else []
     return Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "norm b/a", "buffers rel L2",
-                  "integer", "NaN/Inf in B"], rows, title=title, primary=True, notes=notes)
+                  "integer", "NaN/Inf in B"], rows, title=title, primary=True, notes=notes,
+                 formats={3: fmt_num, 4: fmt_num, 5: _cosine, 7: fmt_num})
 
 
 def _integers(changes: list[dict], text) -> str:
@@ -86,10 +92,6 @@ def _integers(changes: list[dict], text) -> str:
         counts[text(c)] = counts.get(text(c), 0) + 1
     items = [t + (f" (x{n})" if n > 1 else "") for t, n in counts.items()]
     return "; ".join(items[:2]) + (" …" if len(items) > 2 else "")
-
-
-def _growth(m: dict) -> str:
-    return f"{m['norm_b'] / m['norm_a']:.3f}" if m.get("norm_a") else "-"
 
 
 def header_rows(r: dict) -> list[list]:

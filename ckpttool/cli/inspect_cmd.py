@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ckpttool.cli.common import finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes, human_count
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes, human_count
 
 
 @click.command("inspect")
@@ -35,9 +35,8 @@ def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section
     want_values = stats or check_finite
     result = inspect(path, depth=depth, filter=filter_, keys=keys, config=config, stats=want_values,
                      section=section, trust=trust)
-    if result["suspicious_globals"]:
-        warn(f"{path} references code that would run under torch.load(weights_only=False): "
-             f"{', '.join(result['suspicious_globals'])} (nothing was executed)")
+    if result["safety"]["verdict"] in ("code", "not verified"):
+        warn(f"{path}: {result['safety']['summary']} (nothing was executed)")
     failed = None
     if check_finite and result.get("nonfinite"):
         bad = result["nonfinite"]
@@ -56,26 +55,28 @@ def tables(r: dict, stats: bool) -> list[Table]:
         cols += ["min", "max", "mean", "std", "l2", "nan", "inf", "flags"]
     rows = []
     for m in r["modules"]:
-        row = [m["name"], m["tensors"], human_count(m["params"]), human_bytes(m["bytes"]), ",".join(m["dtypes"])]
+        row = [m["name"], m["tensors"], Cell(m["params"], human_count), Cell(m["bytes"], human_bytes),
+               ",".join(m["dtypes"])]
         if stats:
-            row += [fmt_num(m.get(k)) for k in ("min", "max", "mean", "std", "l2")]
+            row += [Cell(m.get(k), fmt_num) for k in ("min", "max", "mean", "std", "l2")]
             row += [m.get("nan", 0), m.get("inf", 0), "; ".join(m.get("flags", []))]
         rows.append(row)
-    total = ["total", r["num_tensors"], human_count(r["total_params"]), human_bytes(r["total_bytes"]), ""]
+    total = ["total", r["num_tensors"], Cell(r["total_params"], human_count), Cell(r["total_bytes"], human_bytes), ""]
     rows.append(total + [""] * (len(cols) - len(total)))
     out.append(Table(cols, rows, title=f"Modules (depth {r['depth']}) of {r['weights_key'] or 'the file'}",
                      primary=True))
     if "keys" in r:
         kcols = ["key", "shape", "dtype", "params"] + (["min", "max", "mean", "std", "nan", "inf"] if stats else [])
         krows = [[k["key"], "x".join(map(str, k["shape"])) or "scalar", k["dtype"], k["params"]]
-                 + ([fmt_num(k.get(c)) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
+                 + ([Cell(k.get(c), fmt_num) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
                     if stats else []) for k in r["keys"]]
         out.append(Table(kcols, krows, title="Tensors"))
     opt = r.get("optimizer")
     if opt:
         gcols = ["groups", "params", "lr (next epoch)", "weight_decay", "momentum/betas", "parameters"]
-        grows = [[_span(g["groups"]), g["params"], fmt_num(g.get("lr")), fmt_num(g.get("weight_decay")),
-                  fmt_num(g.get("momentum")) if "momentum" in g else g.get("betas", "-"), _names(g.get("names"))]
+        grows = [[_span(g["groups"]), g["params"], Cell(g.get("lr"), fmt_num), Cell(g.get("weight_decay"), fmt_num),
+                  Cell(g.get("momentum"), fmt_num) if "momentum" in g else g.get("betas", "-"),
+                  _names(g.get("names"))]
                  for g in opt.get("group_sets") or []]
         lr_now = (r.get("scalars") or {}).get("train/lr")
         out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({len(opt['param_groups'])} param groups, "
@@ -88,7 +89,7 @@ def tables(r: dict, stats: bool) -> list[Table]:
         srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r["schedulers"]]
         out.append(Table(["scheduler", "state"], srows, title="Schedulers"))
     if r.get("scalars"):
-        out.append(Table(["scalar", "last value"], [[k, fmt_num(v, 6)] for k, v in r["scalars"].items()],
+        out.append(Table(["scalar", "last value"], [[k, Cell(v, lambda x: fmt_num(x, 6))] for k, v in r["scalars"].items()],
                          title="Last logged scalars (message_hub)"))
     if r.get("config"):
         out.append(Table([], [], title="Config (meta.cfg)", notes=[r["config"].rstrip()]))
@@ -108,7 +109,7 @@ def _names(names) -> str:
 
 def header_rows(r: dict) -> list[list]:
     meta = r["meta"]
-    rows = [["path", r["path"]], ["format", r["format"]], ["size", human_bytes(r["file_bytes"])],
+    rows = [["path", r["path"]], ["format", r["format"]], ["size", Cell(r["file_bytes"], human_bytes)],
             ["layout", r["layout"]]]
     if "epoch" in meta or "iter" in meta:
         rows.append(["epoch / iter", f"{meta.get('epoch', '-')} / {meta.get('iter', meta.get('global_step', '-'))}"])
@@ -136,11 +137,4 @@ def header_rows(r: dict) -> list[list]:
 def security_line(r: dict) -> str:
     if r.get("trusted"):
         return "--trust: the file was unpickled for real (any code in it ran); globals were not checked"
-    if r["suspicious_globals"]:
-        return (f"DANGER: would run code under torch.load(weights_only=False): "
-                f"{', '.join(r['suspicious_globals'])} — not executed here")
-    if r["foreign_globals"]:
-        return f"no code runs; {len(r['foreign_globals'])} non-tensor classes kept inert: " + \
-            ", ".join(g.rsplit(".", 1)[-1] for g in r["foreign_globals"][:6]) + \
-            (" …" if len(r["foreign_globals"]) > 6 else "")
-    return "no code runs; only tensors and plain containers"
+    return r["safety"]["summary"]

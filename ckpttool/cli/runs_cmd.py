@@ -7,7 +7,7 @@ import fnmatch
 import click
 
 from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, stream_label, stream_of
 
 
@@ -29,7 +29,7 @@ from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, stream_label, s
                                               "the checkpoint to restart from.")
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of --explain's weight diff.")
 @click.option("--plot", "plot", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Draw validation curves per stream, lr on a second axis, collapses marked (png/pdf/svg).")
+              help="Draw validation curves per stream, lr on a second axis, collapses marked (png/svg).")
 @output_options
 def runs_cmd(work_dir, metrics, mode, collapse_drop, collapse_min_points, fail_on_collapse, best_metric, path_only,
              explain, depth, plot, fmt):
@@ -117,10 +117,13 @@ def _stream_order(stream: str):
     return (low.startswith("rgbpose"), {"rgb": 0, "pose": 1}.get(low, 2), stream)
 
 
-def value(v, percent: bool) -> str:
+def value(v, percent: bool) -> Cell:
+    """A logged metric; in % (x100) when ``percent``: shown with 2 decimals, raw (unrounded) in CSV."""
     if v is None:
-        return "-"
-    return f"{100 * v:.2f}" if percent else f"{v:.2f}" if abs(v) >= 1 else fmt_num(v)
+        return Cell(None)
+    if percent:
+        return Cell(100 * v, "{:.2f}".format)
+    return Cell(v, lambda x: f"{x:.2f}" if abs(x) >= 1 else fmt_num(x))
 
 
 def _head(name: str, s: dict, grouped: bool) -> str:
@@ -160,7 +163,7 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
             cells.append(row["iter"] if row["iter"] is not None else "-")
         cells.append(row["checkpoint"] or "-")
         if not grouped:
-            cells.append(human_bytes(row["bytes"]) if row["bytes"] else "-")
+            cells.append(Cell(row["bytes"] or None, human_bytes))
         if multi_run:
             cells.append(_run_label(row["run"]))
         cells += [value(row["metrics"].get(n), r["metrics"][n]["percent"]) + _marks(row, n, grouped) for n in names]

@@ -13,6 +13,7 @@ import re
 
 from ckpttool.errors import CkptError
 from ckpttool.io import load
+from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.summary.tree import default_depth, module_of
 
 # A float32 square below 2**-60 may hold subnormal terms (|x| < 2**-63 squares below float32's smallest normal,
@@ -105,7 +106,7 @@ def _widen(part, dtype: str, compute):
     import numpy as np
 
     if dtype == "bfloat16":
-        return (part.astype(np.uint32) << 16).view(np.float32).astype(compute, copy=False)
+        return widen_bfloat16(part).astype(compute, copy=False)
     if dtype == "bool":
         part = part.view(np.uint8)
     return part.astype(compute, copy=False)

@@ -580,3 +580,8 @@ def best_checkpoint(info: dict, metric: str) -> str:
         raise CkptError(f"no checkpoint of {info['unit']} {best['step'] if best else '?'} (the best {metric}) is left "
                         f"in {info['work_dir']}")
     return best["path"]
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
