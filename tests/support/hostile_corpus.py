@@ -510,7 +510,8 @@ def gen_nested_load_from_bytes_legacy(p, name):
     p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(nested_legacy_payload(name)))))
 
 
-@case("1", "pickle", "code", "torch.storage._load_from_bytes(legacy file with the payload in its sys_info header)")
+@case("1", "pickle", "code", "torch.storage._load_from_bytes(legacy file with the payload in its sys_info header)",
+      structural=True)
 def gen_nested_load_from_bytes_header(p, name):
     inner = legacy_file(pk(L({})), sysinfo_pickle=pk(os_system(name) + b"0" + L({"little_endian": True})))
     p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
@@ -626,7 +627,8 @@ for _name, _info in list(CASES.items()):
     if _info["cls"] == "1" and _info["form"] == "pickle" and _name not in _NOT_WRAPPED:
         _gen = _wrapped(_info["fn"])
         _gen.__name__ = f"gen_{_name}_in_zip"
-        case("1", "zip", "code", _info["title"] + " — inside a real checkpoint's meta")(_gen)
+        case("1", "zip", "code", _info["title"] + " — inside a real checkpoint's meta",
+             structural=_info["structural"])(_gen)
 
 
 # ===============================================================================================================
@@ -904,7 +906,7 @@ def gen_module_prefix_many_keys(p, name):
     torch_zip(p, pk(state_dict_pkl(ents), 4), {"0": floats(1, 2, 3, 4)}, deflate={"data.pkl"})
 
 
-@case("3", "pickle", "unsafe", "LONG_BINPUT 0xFFFFFFF0: a memo index that makes C pickle allocate gigabytes")
+@case("3", "pickle", "bounded", "LONG_BINPUT 0xFFFFFFF0: a memo index that makes C pickle allocate gigabytes")
 def gen_memo_index_bomb(p, name):
     p.write_bytes(b"\x80\x02]r\xf0\xff\xff\xff.")
 
@@ -914,7 +916,7 @@ def gen_binunicode_length_lie(p, name):
     p.write_bytes(b"\x80\x02X\xff\xff\xff\xff" + b"abc")
 
 
-@case("3", "pickle", "unsafe", "protocol-4 FRAME claiming 2**62 bytes")
+@case("3", "pickle", "bounded", "protocol-4 FRAME claiming 2**62 bytes (torch: MemoryError; '{}' to a reader)")
 def gen_frame_length_lie(p, name):
     p.write_bytes(b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}.")
 
@@ -977,6 +979,16 @@ def gen_zip_protocol4(p, name):
     torch.save({"state_dict": _genuine_sd(), "meta": {"epoch": 1}}, str(p), pickle_protocol=4)
 
 
+class _Payload:
+    """Pickles as os.system(cmd): how a real attacker gets a payload into a file written by torch.save itself."""
+
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
 def _hf_bin_folder(p: Path, legacy: bool = False, payload: bool = False, traversal: bool = False,
                    missing: bool = False) -> None:
     import torch
@@ -988,10 +1000,10 @@ def _hf_bin_folder(p: Path, legacy: bool = False, payload: bool = False, travers
     weight_map = {}
     for fname, ks in shards.items():
         part = {k: sd[k] for k in ks}
-        if payload and fname.endswith("00002.bin"):
-            entries, storages = template_entries()
-            torch_zip(p / fname, pk(state_dict_pkl([], [(L("x"), os_system(p.name))])), storages)
-        elif not (missing and fname.endswith("00002.bin")):
+        second = fname.startswith("pytorch_model-00002")
+        if payload and second:  # the shard's real tensors plus an object whose __reduce__ is os.system
+            torch.save({**part, "extra": _Payload(sh(p.name))}, str(p / fname))
+        elif not (missing and second):
             torch.save(part, str(p / fname), _use_new_zipfile_serialization=not legacy)
         weight_map.update({k: fname if not (traversal and k == keys[0]) else "../hf_escape_target.bin" for k in ks})
     if traversal:  # a real file outside the folder: a reader that follows the path reads it
@@ -1303,8 +1315,11 @@ def ground_truth(info: dict, path: str) -> dict | None:
 
 
 # ===============================================================================================================
+_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # of the code that runs, read once
+
+
 def source_hash() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return _SOURCE_HASH
 
 
 def case_path(out: Path, info: dict) -> Path:

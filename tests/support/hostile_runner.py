@@ -34,7 +34,7 @@ AS_LIMIT = 3 << 30      # RLIMIT_AS of the batch process
 COMMANDS = ("inspect", "diff", "graft", "average", "runs", "eval")
 PICKLE_FORMS = {"pickle", "zip", "legacy", "torchscript"}
 # a refusal of a file that would run code must say so (not e.g. "holds no tensors")
-SAFETY_WORDS = re.compile(r"code|unsafe|danger|refus|trust|not allow|allow-list|verdict", re.I)
+SAFETY_WORDS = re.compile(r"code|unsafe|danger|refus|trust|not allow|allow-list|verdict|global", re.I)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------
@@ -316,8 +316,10 @@ def problems(info: dict, results: dict[str, dict]) -> list[str]:
                 if rc == 0 and want is not None and tensors_of(r["stdout"]) != want:
                     out.append(f"{tag}: read {tensors_of(r['stdout'])} tensors, torch reads {want}")
         elif expect in ("code", "unsafe"):
-            flagged = cmd == "runs" and rc == 0 and ("DANGER" in r["stdout"] or '"code"' in r["stdout"])
-            if rc != 2 and not flagged:  # `runs` may list the file instead, if it marks it DANGER
+            # `runs` lists a work_dir's checkpoints by name and its logs' metrics without opening the checkpoints:
+            # it may list the file (exit 0) as long as it never calls it safe; it may also flag or refuse it
+            listed = cmd == "runs" and rc == 0 and '"verdict": "data"' not in r["stdout"]
+            if rc != 2 and not listed:
                 out.append(f"{tag}: expected a refusal (exit 2)")
             elif (rc == 2 and expect == "code" and not info.get("structural")
                   and not SAFETY_WORDS.search(first)):
