@@ -607,6 +607,38 @@ def gen_zip_local_central_name_mismatch(p, name):
     p.write_bytes(bytes(raw))
 
 
+@case("1", "pickle", "code", "NEWOBJ functools.partial(os.system, cmd), then the instance is called (REDUCE)")
+def gen_gadget_newobj_partial_called(p, name):
+    part = G("functools", "partial") + T(G("os", "system"), L(sh(name))) + b"\x81"
+    p.write_bytes(pk(part + b")R"))
+
+
+@case("1", "pickle", "code", "collections.defaultdict(posix.system): an allowed class with a factory off the list")
+def gen_gadget_defaultdict_factory_system(p, name):
+    p.write_bytes(pk(DICT((L("d"), CALL(G("collections", "defaultdict"), G("posix", "system"))))))
+
+
+@case("1", "pickle", "code", "getattr(OneCycleParamScheduler, '_annealing_cos') — an allowed attribute — then called")
+def gen_gadget_allowed_attribute_called(p, name):
+    cls = G("mmengine.optim.scheduler.param_scheduler", "OneCycleParamScheduler")
+    p.write_bytes(pk(CALL(GETATTR(cls, "_annealing_cos"), L(0.1), L(0.2), L(0.5))))
+
+
+@case("1", "pickle", "code", "STACK_GLOBAL 'Namespace.__init__.__globals__' (a chain through an allowed class) → _os")
+def gen_gadget_stack_global_allowed_chain(p, name):
+    glb = SG("argparse", "Namespace.__init__.__globals__")
+    os_mod = CALL(GETATTR(glb, "get"), L("_os"))
+    p.write_bytes(pk(CALL(GETATTR(os_mod, "system"), L(sh(name))), 4))
+
+
+@case("1", "pickle", "bounded", "40 levels of _load_from_bytes(legacy(_load_from_bytes(...))) around {} (no payload)")
+def gen_nested_load_from_bytes_deep(p, name):
+    inner = legacy_file(pk(L({})))
+    for _ in range(40):
+        inner = legacy_file(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
+    p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
+
+
 # Every class-1 pickle gadget again, as the meta of a real torch zip next to real tensors: a command that refuses a
 # bare gadget pickle only because it "holds no tensors" would accept these.
 _NOT_WRAPPED = {"gadget_compat_proto0_cstringio", "gadget_compat_proto3_no_remap", "legacy_header_magic_payload"}
@@ -624,7 +656,7 @@ def _wrapped(inner_fn):
 
 
 for _name, _info in list(CASES.items()):
-    if _info["cls"] == "1" and _info["form"] == "pickle" and _name not in _NOT_WRAPPED:
+    if _info["cls"] == "1" and _info["form"] == "pickle" and _info["expect"] == "code" and _name not in _NOT_WRAPPED:
         _gen = _wrapped(_info["fn"])
         _gen.__name__ = f"gen_{_name}_in_zip"
         case("1", "zip", "code", _info["title"] + " — inside a real checkpoint's meta",
