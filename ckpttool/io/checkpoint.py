@@ -151,6 +151,9 @@ def load(path: str, trust: bool = False, allow_globals=(), allowlist=None, stric
             root = _nest_first_level(flat)
     except FormatError as exc:
         msg = str(exc)
+        if judge.verdict == "code":  # a payload broke the rest of the file: the verdict is still the news
+            judge.notes.append(f"the file could not be read past its payload: {msg}")
+            return Checkpoint(path, fmt, {}, judge, size, strict=strict)
         raise FormatError(msg if msg.startswith(path) else f"{path}: {msg}") from exc
     except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             EOFError, OverflowError, NotImplementedError, LookupError, ArithmeticError) as exc:

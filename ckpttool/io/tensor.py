@@ -12,7 +12,7 @@ import os
 import threading
 
 from ckpttool.errors import FormatError
-from ckpttool.io.dtypes import DType
+from ckpttool.io.dtypes import DType, widen_bfloat16
 
 MAX_ELEMENTS = 1 << 50  # a sanity bound on claimed sizes; real bounds come from the file size
 
@@ -334,7 +334,7 @@ def widen(raw, dtype: str):
     import numpy as np
 
     if dtype == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return widen_bfloat16(raw)
     if dtype in _MINIFLOATS or dtype == "float8_e8m0fnu":
         return _minifloat_lut(dtype)[raw]
     if dtype == "complex32":
