@@ -28,8 +28,14 @@ next to the family and builds the dict that library's code builds, with the same
   for its duration only, that availability check and that module's ``GradScaler`` name to torch's device-generic
   ``torch.amp.GradScaler('cpu')`` (the base class of the CUDA one, same ``state_dict`` keys), with bf16 autocast.
 
+The libraries live in their own environment, ``.venv-corpus`` (made by scripts/setup.sh: torch first, then
+``-c constraints.txt``): transformers installed beside mmaction2 makes mmaction import its multimodal models, which
+import timm, which imports torchvision. The main ``.venv`` never has them. :func:`ensure` runs the generator with
+that interpreter (``$CKPT_CORPUS_PYTHON`` overrides it) from any other.
+
 Deterministic: seeded models and data, fixed names; library-written timestamps differ between runs.
-Usage: ``python -m tests.support.genuine_corpus [--out DIR] [--only fam1,fam2]``; ``generate()`` from Python.
+Usage: ``.venv-corpus/bin/python -m tests.support.genuine_corpus [--out DIR] [--only fam1,fam2] [--force]``;
+``ensure()`` from Python (regenerates stale families only).
 """
 from __future__ import annotations
 
@@ -70,6 +76,7 @@ FAMILIES = {
 # whose pure-Python packages live in an overlay folder put first on sys.path (transformers 5 in .venv dropped
 # `save_pretrained(safe_serialization=False)`; scripts/setup.sh installs the overlay).
 TF4_OVERLAY = REPO_ROOT / ".venv-tf4"
+CORPUS_VENV = REPO_ROOT / ".venv-corpus"
 ISOLATED = {"timm": None, "transformers4": TF4_OVERLAY}
 
 
@@ -818,6 +825,34 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, log=None) -> list:
         if proc.returncode:
             raise RuntimeError(f"genuine corpus family {fam_name} failed:\n{proc.stdout}\n{proc.stderr}")
         log(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else fam_name)
+    return load_manifest(out_dir)
+
+
+def corpus_python() -> str:
+    """The interpreter that has the corpus libraries (``$CKPT_CORPUS_PYTHON``, else ``.venv-corpus``)."""
+    exe = os.environ.get("CKPT_CORPUS_PYTHON") or str(CORPUS_VENV / "bin" / "python")
+    if not Path(exe).exists():
+        raise RuntimeError(f"{exe} does not exist: run scripts/setup.sh (it makes .venv-corpus)")
+    return exe
+
+
+def corpus_env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                PYTHONDONTWRITEBYTECODE="1")
+
+
+def ensure(out_dir=DEFAULT_OUT, only=None, force=False) -> list:
+    """Generate the stale (all, with ``force``) families with the corpus interpreter; return the manifest."""
+    cmd = [corpus_python(), "-m", "tests.support.genuine_corpus", "--out", str(Path(out_dir).resolve())]
+    if only:
+        cmd += ["--only", ",".join(only)]
+    if force:
+        cmd.append("--force")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=corpus_env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode:
+        raise RuntimeError(f"genuine corpus generation failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr[-6000:]}")
     return load_manifest(out_dir)
 
 

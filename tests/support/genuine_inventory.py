@@ -9,7 +9,9 @@ Protocol < 3 ``GLOBAL`` names are resolved as the C unpickler resolves them (``_
 files, the five pickles of a legacy torch file, plain pickle files, DCP ``.metadata`` and the ``torch.save`` buffers
 stored inside ``.distcp`` files, and legacy files nested through ``torch.storage._load_from_bytes``.
 
-``python -m tests.support.genuine_inventory [--out DIR] [--markdown FILE]`` prints / writes the inventory.
+``.venv-corpus/bin/python -m tests.support.genuine_inventory [--out DIR] [--markdown FILE] [--ckpt]`` prints / writes
+the inventory (``--ckpt``: also what ``ckpt inspect`` says and what torch reads; torch.load of library classes needs
+the corpus interpreter).
 """
 from __future__ import annotations
 
