@@ -79,6 +79,10 @@ class Storage:
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
+    def retyped(self, dtype: DType) -> "Storage":
+        """The same bytes read as another element type (an UntypedStorage named by _rebuild_tensor_v3)."""
+        return Storage(self.key, dtype, self.nbytes // dtype.itemsize, self.file, self.offset, self.data)
+
     def bytes_view(self):
         """The storage's bytes as a read-only uint8 ndarray (zero-copy on mapped files)."""
         import numpy as np
@@ -115,6 +119,10 @@ class TensorRef:
                               f"({storage.numel} elements)")
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
         self.is_param, self.requires_grad, self._tensor = is_param, requires_grad, None
+
+    def as_parameter(self, requires_grad: bool) -> "TensorRef":
+        self.is_param, self.requires_grad = True, requires_grad
+        return self
 
     @classmethod
     def from_torch(cls, tensor) -> "TensorRef":
@@ -184,15 +192,11 @@ class TensorRef:
         f.release(self.storage.offset + (self.offset + start) * size, (stop - start) * size)
 
     def numpy(self):
-        """Values as a read-only ndarray; bfloat16 becomes float32 (a copy), everything else is a view."""
-        import numpy as np
-
-        arr = self.raw()
-        if self.dtype == "bfloat16":
-            return (arr.astype(np.uint32) << 16).view(np.float32)
-        if self.storage.dtype.numpy is None:
-            raise FormatError(f"cannot convert {self.dtype} values to numpy")
-        return arr
+        """Values as a read-only ndarray. Types numpy lacks are widened exactly (a copy): bfloat16 and the float8
+        family to float32, complex32 to complex64; float4 pairs and bits* have no numeric value to widen to."""
+        if self.storage.dtype.numpy is not None:
+            return self.raw()
+        return widen(self.raw(), self.dtype)
 
     def to_torch(self):
         """A torch tensor with these values (imports torch); always a copy, so it outlives the file's mapping."""
@@ -203,14 +207,91 @@ class TensorRef:
         arr = self.raw()
         import numpy as np
 
-        t = torch.from_numpy(np.array(arr, copy=True)) if self.numel else torch.empty(self.shape)
         target = getattr(torch, self.dtype)
-        if self.dtype == "bfloat16" or self.dtype.startswith("float8"):
-            t = t.view(target)
-        return t.to(target).reshape(self.shape)
+        if not self.numel:
+            return torch.empty(self.shape, dtype=target)
+        if self.storage.dtype.numpy is None:  # bit patterns numpy cannot name: reinterpret in torch
+            t = torch.from_numpy(np.array(arr, copy=True).view(f"<i{self.itemsize}" if self.itemsize > 1 else "i1"))
+            return t.view(target).reshape(self.shape)
+        return torch.from_numpy(np.array(arr, copy=True)).to(target).reshape(self.shape)
 
     def __repr__(self):
         return f"TensorRef({self.dtype}, {list(self.shape)})"
+
+
+class SpecialTensor:
+    """A tensor torch stores in another layout: quantized, sparse (COO/CSR/CSC/BSR/BSC), nested or meta. Its dtype,
+    shape and layout details are facts; its component tensors (`parts`: int_repr / scales / zero_points, indices /
+    values, nested buffer …) are ordinary TensorRefs. Commands that compute on values skip these."""
+
+    __slots__ = ("layout", "dtype", "shape", "parts", "info", "is_param", "requires_grad")
+
+    def __init__(self, layout: str, dtype: str, shape, parts: dict, info: dict):
+        self.layout, self.dtype, self.shape, self.parts, self.info = layout, dtype, tuple(shape), parts, info
+        self.is_param, self.requires_grad = False, False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.parts.values())
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.info.items() if k != "stride")
+        return f"{self.layout} {self.dtype} {list(self.shape)}" + (f" ({extra})" if extra else "")
+
+    def __repr__(self):
+        return f"SpecialTensor({self.describe()})"
+
+
+# float8 / e8m0 decoding tables: (exponent bits, mantissa bits, bias, variant)
+_MINIFLOATS = {"float8_e4m3fn": (4, 3, 7, "fn"), "float8_e5m2": (5, 2, 15, "ieee"),
+               "float8_e4m3fnuz": (4, 3, 8, "fnuz"), "float8_e5m2fnuz": (5, 2, 16, "fnuz")}
+_LUTS: dict = {}
+
+
+def _minifloat_lut(name: str):
+    import numpy as np
+
+    if name in _LUTS:
+        return _LUTS[name]
+    if name == "float8_e8m0fnu":  # 2**(e-127), 0xFF is NaN
+        lut = np.full(256, np.nan, dtype=np.float32)
+        lut[:255] = np.ldexp(1.0, np.arange(255) - 127)
+    else:
+        e_bits, m_bits, bias, kind = _MINIFLOATS[name]
+        codes = np.arange(256)
+        sign = np.where(codes >> 7, -1.0, 1.0)
+        exp, man = (codes >> m_bits) & ((1 << e_bits) - 1), codes & ((1 << m_bits) - 1)
+        normal = np.ldexp(1.0 + man / (1 << m_bits), exp - bias)
+        sub = np.ldexp(man / (1 << m_bits), 1 - bias)
+        lut = (sign * np.where(exp == 0, sub, normal)).astype(np.float32)
+        top = exp == (1 << e_bits) - 1
+        if kind == "ieee":
+            lut[top & (man == 0)] = sign[top & (man == 0)] * np.inf
+            lut[top & (man != 0)] = np.nan
+        elif kind == "fn":
+            lut[top & (man == (1 << m_bits) - 1)] = np.nan
+        else:  # fnuz: no negative zero, 0x80 is the only NaN
+            lut[0x80] = np.nan
+    _LUTS[name] = lut
+    return lut
+
+
+def widen(raw, dtype: str):
+    """Exact float32 / complex64 values of bit patterns numpy has no type for."""
+    import numpy as np
+
+    if dtype == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype in _MINIFLOATS or dtype == "float8_e8m0fnu":
+        return _minifloat_lut(dtype)[raw]
+    if dtype == "complex32":
+        halves = np.ascontiguousarray(raw).view("<f2").astype(np.float32)
+        return halves.view(np.complex64)
+    raise FormatError(f"{dtype} values have no numpy form (read them with raw())")
 
 
 def contiguous_stride(shape) -> tuple:

@@ -166,17 +166,25 @@ def _emit_tensor(t: OutTensor, key: str, out: bytearray) -> None:
     for n in reversed(t.shape):
         stride.append(acc)
         acc *= max(n, 1)
-    out += b"ctorch._utils\n_rebuild_tensor_v2\n("
-    out += b"(X\x07\x00\x00\x00storage" + f"ctorch\n{d.storage}\n".encode()
+    if d.is_quantized:
+        raise CkptError(f"{key}: quantized tensors ({d.name}) cannot be written by ckpt")
+    # dtypes without a typed storage class (float8 family, complex32, bits*, uint16+) are saved the way torch
+    # saves them: an UntypedStorage counted in bytes, and _rebuild_tensor_v3 naming the dtype
+    v3 = d.storage is None
+    out += b"ctorch._utils\n_rebuild_tensor_v3\n(" if v3 else b"ctorch._utils\n_rebuild_tensor_v2\n("
+    storage_class = "torch.storage\nUntypedStorage" if v3 else f"torch\n{d.storage}"
+    out += b"(X\x07\x00\x00\x00storage" + f"c{storage_class}\n".encode()
     _emit(key, out)
     _emit("cpu", out)
-    _emit(numel, out)
+    _emit(numel * d.itemsize if v3 else numel, out)
     out += b"tQ"            # persistent id tuple, BINPERSID
     _emit(0, out)           # storage offset
     _emit(tuple(t.shape), out)
     _emit(tuple(reversed(stride)), out)
-    out += b"\x89ccollections\nOrderedDict\n)Rt"  # requires_grad=False, backward hooks, end args
-    out += b"R"
+    out += b"\x89ccollections\nOrderedDict\n)R"  # requires_grad=False, backward hooks
+    if v3:
+        out += f"ctorch\n{d.name}\n".encode()
+    out += b"tR"
 
 
 # --- safetensors ----------------------------------------------------------------------------------------------
