@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import io
 import json
+import math
 import pickletools
 import struct
 import sys
@@ -48,10 +49,14 @@ def dense_bytes(t) -> bytes:
     return t.contiguous().numpy().tobytes()
 
 
+_QBITS: dict = {}
+
+
 def torch_parts(t) -> dict:
     """Everything that makes `t` what it is, JSON-able (number arrays as digests of their bytes)."""
     import torch
 
+    _QBITS.update({torch.quint4x2: 4, torch.quint2x4: 2})
     d = {"dtype": str(t.dtype), "layout": str(t.layout)}
     if t.is_nested:
         if t.layout == torch.jagged:
@@ -65,6 +70,10 @@ def torch_parts(t) -> dict:
         return d
     if t.is_quantized:
         d["int_repr"] = digest(dense_bytes(t.int_repr()))
+        # the bytes as stored (sub-byte types quint4x2 / quint2x4 pack 2 / 4 values per byte; int_repr unpacks)
+        raw = torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy().tobytes()
+        d["stored"] = digest(raw[:math.ceil(t.numel() * _QBITS.get(t.dtype, 8) / 8)]) \
+            if t.is_contiguous() and t.storage_offset() == 0 else None
         q = t.qscheme()
         d["qscheme"] = str(q)
         if q in (torch.per_tensor_affine, torch.per_tensor_symmetric):
@@ -156,6 +165,10 @@ def p2_pickle(data: bytes, start: int = 0) -> tuple[bytes, int]:
             out.append(("PUT", idx))
         elif n in ("BINGET", "LONG_BINGET"):
             out.append(("GET", arg))
+        elif n in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8"):
+            out.append(("BYTES", bytes(arg)))
+        elif n == "BYTEARRAY8":
+            out.append(("BYTEARRAY", bytes(arg)))
         elif n == "STACK_GLOBAL":
             name = pop_push()
             module = pop_push()
@@ -175,6 +188,9 @@ def p2_pickle(data: bytes, start: int = 0) -> tuple[bytes, int]:
             chunks.append(text(val))
         elif kind == "GLOBAL":
             chunks.append(b"c" + val.encode())
+        elif kind in ("BYTES", "BYTEARRAY"):  # protocol 2 spells bytes as _codecs.encode(latin-1 text, 'latin1')
+            enc = b"c_codecs\nencode\n" + text(val.decode("latin-1")) + text("latin1") + b"\x86R"
+            chunks.append(enc if kind == "BYTES" else b"cbuiltins\nbytearray\n" + enc + b"\x85R")
         elif kind == "PUT":
             if val in virtual:
                 continue
@@ -233,8 +249,10 @@ def safe_globals_for(names) -> list:
     objs = []
     for n in sorted(set(names)):
         obj = resolve_global(n)
-        # objects without a __qualname__ (torch.float32, a dtype instance) go by name, as torch documents
-        objs.append(obj if hasattr(obj, "__qualname__") else (obj, n))
+        # objects without a __qualname__ (torch.float32, a dtype instance), or found under another name than their
+        # own (numpy._core.* in NumPy 1.26 is numpy.core.*), go as (object, name), as torch documents
+        own = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+        objs.append(obj if own == n else (obj, n))
     if "numpy.dtype" in names:
         import numpy as np
 
@@ -286,6 +304,16 @@ def torch_read(path: Path, weights_only: bool, safe=()) -> dict:
         for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
             out.update(torch_read(path.parent / shard, weights_only, safe))
         return out
+    data = path.read_bytes()
+    if data[:4] != b"PK\x03\x04" and path.suffix == ".pkl":  # a plain pickle (mmengine.fileio.dump …)
+        import pickle
+
+        from torch import _weights_only_unpickler as wou
+
+        if not weights_only:
+            return tensors(pickle.loads(data))
+        with torch.serialization.safe_globals(list(safe)):
+            return tensors(wou.Unpickler(io.BytesIO(p2_pickle(data)[0]), encoding="ASCII").load())
     src = protocol2_copy(path) if weights_only else path
     with torch.serialization.safe_globals(list(safe)):
         return tensors(torch.load(src, map_location="cpu", weights_only=weights_only))
