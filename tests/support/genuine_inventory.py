@@ -354,8 +354,13 @@ def ckpt_report(entries, root: Path) -> list:
             from ckpttool.io import load
             from ckpttool.io.tensor import TensorRef
 
+            try:
+                from ckpttool.io.tensor import SpecialTensor
+                kinds = (TensorRef, SpecialTensor)
+            except ImportError:  # readers before issue 11
+                kinds = (TensorRef,)
             refs = []
-            _walk_refs(load(str(path)).root, refs, TensorRef, set())
+            _walk_refs(load(str(path)).root, refs, kinds, set())
             row["ckpt_all_tensors"] = len(refs)
             row["ckpt_all_dtypes"] = sorted({t.dtype for t in refs})
         except Exception as exc:  # noqa: BLE001
