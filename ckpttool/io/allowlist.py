@@ -29,10 +29,12 @@ class Entry:
     why: str                   # what it is, and the call shapes `ckpt` accepts (checked by its stand-in)
     torch: bool = False        # on torch 2.13's weights_only default list
     aliases: tuple = ()        # other spellings of the same object (numpy.core.* vs numpy._core.*)
+    attributes: frozenset | None = None  # names getattr may take on it (None: any public name)
 
 
-def _e(name, uses, why, torch=False, aliases=()):
-    return Entry(name, frozenset(uses.split()), why, torch, tuple(aliases))
+def _e(name, uses, why, torch=False, aliases=(), attributes=None):
+    return Entry(name, frozenset(uses.split()), why, torch, tuple(aliases),
+                 frozenset(attributes) if attributes is not None else None)
 
 
 _TORCH_DTYPES = ("float32 float64 float16 bfloat16 int64 int32 int16 int8 uint8 bool complex64 complex128 "
@@ -80,6 +82,13 @@ ENTRIES = [
     _e("builtins.int", "reference call", "the int type as a value (protocol 2 writes __builtin__.long); "
        "int(str | number)"),
     _e("builtins.object", "reference", "base class argument of copyreg._reconstructor"),
+    _e("builtins.dict", "reference", "the dict type as a value (OmegaConf metadata; defaultdict factory)"),
+    _e("builtins.list", "reference", "the list type as a value (OmegaConf metadata)"),
+    _e("typing.Any", "reference", "the typing.Any marker as a value (OmegaConf metadata)"),
+    _e("collections.defaultdict", "call", "(factory): the factory must be builtins.dict, list, set or int; filled "
+       "by SETITEMS (Lightning hyper-parameters)"),
+    _e("_io.BytesIO", "instantiate", "an in-memory byte buffer: NEWOBJ + BUILD with (bytes, position, dict) "
+       "(DCP stores such items)"),
     _e("copyreg._reconstructor", "call", "(class, object, None): object.__new__(class); the class is judged as "
        "instantiated"),
     _e("builtins.getattr", "call", "(allow-listed class, public name): the result is a reference and is never "
@@ -97,6 +106,28 @@ ENTRIES = [
     _e("mmengine.logging.history_buffer.HistoryBuffer", "instantiate attribute",
        "mmengine message hub buffer: NEWOBJ + BUILD with a dict of arrays and ints; its statistics methods are "
        "pickled as getattr(HistoryBuffer, 'min') references"),
+    _e("mmengine.optim.scheduler.param_scheduler.OneCycleParamScheduler", "attribute",
+       "its annealing function is pickled as getattr(OneCycleParamScheduler, '_annealing_cos'), a reference",
+       attributes=("_annealing_cos", "_annealing_linear")),
+    *[_e(f"omegaconf.{name}", "instantiate", "OmegaConf container / node: NEWOBJ + BUILD; its __setstate__ only "
+         "updates __dict__ (Lightning hyper-parameters)")
+      for name in ("dictconfig.DictConfig", "listconfig.ListConfig", "nodes.AnyNode", "base.Metadata",
+                   "base.ContainerMetadata")],
+    _e("transformers.training_args.TrainingArguments", "instantiate", "transformers Trainer arguments dataclass "
+       "(training_args.bin): NEWOBJ + BUILD, no __setstate__"),
+    _e("transformers.trainer_pt_utils.AcceleratorConfig", "instantiate", "dataclass inside TrainingArguments"),
+    *[_e(f"transformers.{name}", "call", "(str): an Enum member looked up by value")
+      for name in ("trainer_utils.IntervalStrategy", "trainer_utils.SaveStrategy", "trainer_utils.HubStrategy",
+                   "trainer_utils.SchedulerType", "training_args.OptimizerNames")],
+    _e("accelerate.utils.dataclasses.DistributedType", "call", "(str): an Enum member looked up by value"),
+    _e("accelerate.state.PartialState", "instantiate", "accelerate process state inside TrainingArguments: NEWOBJ "
+       "+ BUILD into the instance's own __dict__ (its __init__, which shares state, does not run)"),
+    # nested jagged tensors (torch registers these with add_safe_globals when torch.nested is imported)
+    _e("torch.nested._internal.nested_tensor._rebuild_njt", "call", "(dict of values / offsets / lengths tensors "
+       "and ints), called through _rebuild_from_type_v2"),
+    _e("torch.nested._internal.nested_tensor.NestedTensor", "reference instantiate",
+       "the jagged tensor class, as _rebuild_from_type_v2's type"),
+    _e("torch._dynamo.decorators._DimRange", "instantiate", "frozen dataclass (dim, min, max) in NJT metadata"),
     _e("argparse.Namespace", "instantiate", "timm / torchvision training args: NEWOBJ + BUILD with a dict"),
     _e("pathlib.PosixPath", "call", "(str parts): a path, parsed from its strings"),
     # torch.distributed.checkpoint `.metadata`: torch's own dataclasses, NEWOBJ + BUILD with plain fields

@@ -151,6 +151,9 @@ def load(path: str, trust: bool = False, allow_globals=(), allowlist=None, stric
             root = _nest_first_level(flat)
     except FormatError as exc:
         msg = str(exc)
+        if judge.verdict == "code":  # a payload broke the rest of the file: the verdict is still the news
+            judge.notes.append(f"the file could not be read past its payload: {msg}")
+            return Checkpoint(path, fmt, {}, judge, size, strict=strict)
         raise FormatError(msg if msg.startswith(path) else f"{path}: {msg}") from exc
     except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             EOFError, OverflowError, NotImplementedError, LookupError, ArithmeticError) as exc:
@@ -180,7 +183,7 @@ def _read_plain_pickle(path: str, judge: Judge):
 
 def _read_torch_shards(index_path: str, judge: Judge) -> dict:
     """transformers' `pytorch_model.bin.index.json`: a weight_map onto torch files, each read like any other."""
-    weight_map, shards = safetensors_file.read_weight_map(index_path)
+    weight_map, shards, _ = safetensors_file.read_weight_map(index_path)
     loaded = {}
     for shard, spath in shards.items():
         mf = MappedFile(spath)

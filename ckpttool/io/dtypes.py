@@ -11,6 +11,7 @@ class DType:
     numpy: str | None  # numpy dtype string; None when numpy has no such type (read as unsigned ints, see `raw`)
     storage: str | None  # legacy typed-storage class name in `torch` ('FloatStorage'); None: UntypedStorage only
     st: str | None     # safetensors dtype code
+    pack: int = 1      # values per stored byte (quint4x2: 2, quint2x4: 4); the tensor shape counts values
 
     @property
     def is_floating(self) -> bool:
@@ -55,8 +56,8 @@ _TABLE = [
     DType("qint8", 1, "i1", "QInt8Storage", None),
     DType("quint8", 1, "u1", "QUInt8Storage", None),
     DType("qint32", 4, "<i4", "QInt32Storage", None),
-    DType("quint4x2", 1, "u1", "QUInt4x2Storage", None),
-    DType("quint2x4", 1, "u1", "QUInt2x4Storage", None),
+    DType("quint4x2", 1, "u1", "QUInt4x2Storage", None, pack=2),
+    DType("quint2x4", 1, "u1", "QUInt2x4Storage", None, pack=4),
 ]
 
 BY_NAME = {d.name: d for d in _TABLE}
@@ -86,3 +87,18 @@ def from_numpy(np_dtype) -> DType:
             return d
     from ckpttool.errors import CkptError
     raise CkptError(f"no checkpoint dtype for numpy dtype {dt}")
+
+
+def widen_bfloat16(bits, out=None):
+    """bfloat16 bit patterns (uint16) as their exact float32 values: the bits become the high half of a float32.
+
+    ``out``: a 1-D uint32 scratch array of at least ``bits.size`` elements to reuse (for a 1-D chunk ``bits``);
+    without it a new array of ``bits``' shape is returned."""
+    import numpy as np
+
+    if out is None:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    u = out[: bits.size]
+    np.copyto(u, bits)
+    np.left_shift(u, 16, out=u)
+    return u.view(np.float32)

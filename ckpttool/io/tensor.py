@@ -12,7 +12,7 @@ import os
 import threading
 
 from ckpttool.errors import FormatError
-from ckpttool.io.dtypes import DType
+from ckpttool.io.dtypes import DType, widen_bfloat16
 
 MAX_ELEMENTS = 1 << 50  # a sanity bound on claimed sizes; real bounds come from the file size
 
@@ -114,7 +114,7 @@ class TensorRef:
         if offset < 0:
             raise FormatError(f"negative storage offset {offset}")
         numel = math.prod(shape)
-        if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel:
+        if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel * storage.dtype.pack:
             raise FormatError(f"tensor of shape {list(shape)} reaches past its storage {storage.key!r} "
                               f"({storage.numel} elements)")
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
@@ -150,7 +150,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        return -(-self.numel * self.itemsize // self.storage.dtype.pack)
 
     @property
     def is_floating(self) -> bool:
@@ -169,6 +169,8 @@ class TensorRef:
         np_dtype = np.dtype(d.numpy) if d.numpy else np.dtype(f"<u{d.itemsize}")
         if self.numel == 0:
             return np.empty(self.shape, dtype=np_dtype)
+        if d.pack > 1:
+            return self._unpacked()
         flat = self.storage.bytes_view().view(np_dtype)  # exactly numel * itemsize bytes
         if self.is_contiguous():
             arr = flat[self.offset: self.offset + self.numel].reshape(self.shape)
@@ -178,6 +180,18 @@ class TensorRef:
         if arr.flags.writeable:
             arr.flags.writeable = False
         return arr
+
+    def _unpacked(self):
+        """Sub-byte values (quint4x2, quint2x4), lowest bits first, as one uint8 per value."""
+        import numpy as np
+
+        pack, bits = self.storage.dtype.pack, 8 // self.storage.dtype.pack
+        if not self.is_contiguous() or self.offset % pack:
+            raise FormatError(f"{self.dtype}: only contiguous, byte-aligned tensors can be read")
+        raw = self.storage.bytes_view()[self.offset // pack:]
+        shifts = (np.arange(pack, dtype=np.uint8) * bits)[None, :]
+        vals = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[: self.numel]
+        return vals.reshape(self.shape)
 
     def release(self, start: int = 0, stop: int | None = None) -> None:
         """Let the OS drop the mapped pages behind elements [start, stop) of this tensor (all of it by default) from
@@ -207,6 +221,8 @@ class TensorRef:
         arr = self.raw()
         import numpy as np
 
+        if self.storage.dtype.is_quantized:  # the integer representation; the quantizer lives in SpecialTensor
+            return torch.from_numpy(np.array(arr, copy=True)).reshape(self.shape)
         target = getattr(torch, self.dtype)
         if not self.numel:
             return torch.empty(self.shape, dtype=target)
@@ -237,6 +253,39 @@ class SpecialTensor:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.parts.values())
+
+    def to_torch(self):
+        """The same tensor in torch (imports torch): quantized from its int repr and quantizer, sparse from its
+        components, nested from its buffer or values/offsets, meta from its shape."""
+        import torch
+
+        p = {k: v.to_torch() for k, v in self.parts.items()}
+        lay = self.layout
+        if lay == "quantized":
+            if self.parts["int_repr"].storage.dtype.pack > 1:  # sub-byte: torch quantizes its exact values again
+                return torch.quantize_per_tensor((p["int_repr"].float() - self.info["zero_point"])
+                                                 * self.info["scale"], self.info["scale"],
+                                                 self.info["zero_point"], getattr(torch, self.dtype))
+            if "scales" in p:
+                return torch._make_per_channel_quantized_tensor(p["int_repr"], p["scales"], p["zero_points"],
+                                                                self.info["axis"])
+            return torch._make_per_tensor_quantized_tensor(p["int_repr"], self.info["scale"],
+                                                           self.info["zero_point"])
+        if lay == "sparse_coo":
+            return torch.sparse_coo_tensor(p["indices"], p["values"], self.shape,
+                                           is_coalesced=self.info.get("coalesced"))
+        if lay.startswith("sparse_"):
+            make = {"sparse_csr": torch.sparse_csr_tensor, "sparse_csc": torch.sparse_csc_tensor,
+                    "sparse_bsr": torch.sparse_bsr_tensor, "sparse_bsc": torch.sparse_bsc_tensor}[lay]
+            return make(p["compressed_indices"], p["plain_indices"], p["values"], self.shape)
+        if lay == "meta":
+            return torch.empty_strided(self.shape, self.info["stride"], dtype=getattr(torch, self.dtype),
+                                       device="meta")
+        if lay == "nested":
+            return torch._nested_view_from_buffer(p["buffer"], p["sizes"], p["strides"], p["offsets"]).clone()
+        if lay == "jagged":
+            return torch.nested.nested_tensor_from_jagged(p["values"], p["offsets"], lengths=p.get("lengths"))
+        raise FormatError(f"cannot rebuild a {lay} tensor")
 
     def describe(self) -> str:
         extra = ", ".join(f"{k}={v}" for k, v in self.info.items() if k != "stride")
@@ -285,7 +334,7 @@ def widen(raw, dtype: str):
     import numpy as np
 
     if dtype == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return widen_bfloat16(raw)
     if dtype in _MINIFLOATS or dtype == "float8_e8m0fnu":
         return _minifloat_lut(dtype)[raw]
     if dtype == "complex32":

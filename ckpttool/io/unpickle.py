@@ -20,6 +20,7 @@ import io
 import math
 import pickle
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -177,6 +178,7 @@ class SafeUnpickler(pickle._Unpickler):
     def __init__(self, file, persistent_load: Callable[[tuple], Any] | None, bytes_loader, judge: Judge,
                  budget: Budget, nesting: int = 0):
         super().__init__(file, encoding="latin1")
+        self._src = file
         self._persistent, self._bytes_loader = persistent_load, bytes_loader
         self.judge, self.budget, self.nesting = judge, budget, nesting
         self.ops = 0
@@ -233,6 +235,34 @@ class SafeUnpickler(pickle._Unpickler):
         name, module = self.stack.pop(), self.stack.pop()
         self._global(module, name)
 
+    def load_frame(self):
+        (size,) = struct.unpack("<Q", self.read(8))
+        src = self._src
+        total = len(src) if hasattr(src, "size") and not hasattr(src, "getbuffer") else src.getbuffer().nbytes
+        if size > total - src.tell():
+            raise FormatError(f"pickle FRAME claims {size} bytes, the data holds {total - src.tell()}")
+        self._unframer.load_frame(size)
+
+    def _memo_put(self, index: int):
+        """Picklers number memo entries 0, 1, 2, …: an index past the next one is forged (CPython's C unpickler
+        would allocate a memo array that large)."""
+        if index < 0 or index > len(self.memo):
+            raise FormatError(f"pickle memo index {index} out of sequence ({len(self.memo)} entries)")
+        self.memo[index] = self.stack[-1]
+
+    def load_put(self):
+        try:
+            index = int(self.readline()[:-1])
+        except ValueError:
+            raise FormatError("malformed PUT index") from None
+        self._memo_put(index)
+
+    def load_binput(self):
+        self._memo_put(self.read(1)[0])
+
+    def load_long_binput(self):
+        self._memo_put(struct.unpack("<I", self.read(4))[0])
+
     def load_ext(self):
         raise FormatError("the pickle uses the copyreg extension registry (EXT opcodes): not a checkpoint pattern")
 
@@ -265,6 +295,9 @@ class SafeUnpickler(pickle._Unpickler):
     def instantiate(self, cls, args=(), kwargs=None):
         if not isinstance(cls, GlobalRef):
             raise FormatError(f"the pickle instantiates a {type(cls).__name__} value")
+        if (args or kwargs) and self.judge.entry(cls.qualname) is None:
+            # file-chosen values handed to a foreign class's __new__ (numpy.memmap opens files so): a call
+            self.judge.record(cls.qualname, AL.CALL, "code", "NEWOBJ passes arguments to the class's __new__")
         if self.judge.record(cls.qualname, AL.INSTANTIATE) == "data" and cls.qualname in _CONTAINERS:
             return _CONTAINERS[cls.qualname]()
         return InertObject(cls.qualname, tuple(args), kwargs)
@@ -396,10 +429,17 @@ class SafeUnpickler(pickle._Unpickler):
             raise FormatError("malformed embedded torch storage")
         if self.nesting >= self.budget.max_nesting:
             raise FormatError("budget exceeded: torch files nested inside storages too deeply")
-        return self._bytes_loader(data, self.judge, self.budget, self.nesting + 1)
+        try:
+            return self._bytes_loader(data, self.judge, self.budget, self.nesting + 1)
+        except FormatError as exc:
+            if self.judge.verdict != "code":
+                raise
+            # the embedded file already names code: keep reading the outer file so the verdict can be shown
+            return InertCall("torch.storage._load_from_bytes", (f"<unreadable: {str(exc)[:120]}>",))
 
 
-for _name, _method in (("GLOBAL", "load_global"), ("STACK_GLOBAL", "load_stack_global"), ("EXT1", "load_ext"),
+for _name, _method in (("FRAME", "load_frame"), ("PUT", "load_put"), ("BINPUT", "load_binput"),
+                       ("LONG_BINPUT", "load_long_binput"), ("GLOBAL", "load_global"), ("STACK_GLOBAL", "load_stack_global"), ("EXT1", "load_ext"),
                        ("EXT2", "load_ext"), ("EXT4", "load_ext"), ("NEXT_BUFFER", "load_buffer"),
                        ("READONLY_BUFFER", "load_buffer"), ("REDUCE", "load_reduce"), ("NEWOBJ", "load_newobj"),
                        ("NEWOBJ_EX", "load_newobj_ex"), ("INST", "load_inst"), ("OBJ", "load_obj"),
@@ -485,7 +525,7 @@ def _rebuild_from_type_v2(up, func, new_type, args, state):
     kind = global_name(new_type)
     if kind is None:
         raise FormatError("tensor subclass record without a class")
-    if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+    if kind not in _TENSOR_CLASSES[:2]:
         up.judge.record(kind, AL.INSTANTIATE)  # a tensor subclass: torch would run its __setstate__
     out = up.call(func, args)
     if isinstance(out, TensorRef) and kind == "torch.nn.parameter.Parameter":
@@ -523,13 +563,13 @@ def _rebuild_sparse_tensor(up, layout, data):
     if name not in _SPARSE or not isinstance(data, tuple) or len(data) < _SPARSE[name] + 1:
         raise FormatError("malformed sparse tensor record")
     n = _SPARSE[name]
-    parts = data[: n + 1] if name == "torch.sparse_coo" else data[:n]
-    size = data[n] if name == "torch.sparse_coo" else data[n]
+    parts, size = data[:n], data[n]
     if not all(isinstance(t, TensorRef) for t in parts):
         raise FormatError("malformed sparse tensor components")
     names = ("indices", "values") if name == "torch.sparse_coo" else ("compressed_indices", "plain_indices", "values")
     values = parts[-1]
-    return SpecialTensor(name.removeprefix("torch."), values.dtype, _shape(size), dict(zip(names, parts)), {})
+    info = {"coalesced": data[3]} if name == "torch.sparse_coo" and len(data) > 3 and type(data[3]) is bool else {}
+    return SpecialTensor(name.removeprefix("torch."), values.dtype, _shape(size), dict(zip(names, parts)), info)
 
 
 def _rebuild_meta(up, dtype, size, stride, requires_grad=False):
@@ -591,6 +631,28 @@ def _counter(up, items=None):
     return out
 
 
+_FACTORIES = {"builtins.dict": dict, "builtins.list": list, "builtins.set": set, "builtins.int": int}
+
+
+def _defaultdict(up, factory=None, *rest):
+    name = global_name(factory)
+    if factory is not None and name not in _FACTORIES:
+        up.judge.record(name or _describe(factory), AL.CALL, "code",
+                        "a defaultdict factory outside the allow-list (it is called on every missing key)")
+        return {}
+    return collections.defaultdict(_FACTORIES[name] if name else None)
+
+
+def _rebuild_njt(up, kwargs):
+    if not isinstance(kwargs, dict) or not isinstance(kwargs.get("values"), TensorRef) \
+            or not isinstance(kwargs.get("offsets"), TensorRef):
+        raise FormatError("malformed nested jagged tensor record")
+    parts = {k: v for k, v in kwargs.items() if isinstance(v, TensorRef)}
+    info = {k: v for k, v in kwargs.items() if type(v) in (int, bool) or v is None}
+    values = kwargs["values"]
+    return SpecialTensor("jagged", values.dtype, (kwargs["offsets"].numel - 1, *values.shape[1:]), parts, info)
+
+
 def _codecs_encode(up, obj, encoding="utf-8", errors="strict"):
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
         raise FormatError("unexpected _codecs.encode call")
@@ -621,7 +683,7 @@ def _getattr(up, obj, name, *default):
     target = global_name(obj)
     entry = up.judge.entry(target) if target else None
     if (entry is not None and AL.ATTRIBUTE in entry.uses and isinstance(name, str) and name.isidentifier()
-            and not name.startswith("_")):
+            and (name in entry.attributes if entry.attributes is not None else not name.startswith("_"))):
         up.judge.record(target, AL.ATTRIBUTE)
         return AttrRef(f"{target}.{name}")
     where = target or _describe(obj)
@@ -732,6 +794,8 @@ _IMPL: dict[str, Callable] = {
     "torch.storage._load_from_bytes": _load_from_bytes,
     "collections.OrderedDict": _ordered_dict,
     "collections.Counter": _counter,
+    "collections.defaultdict": _defaultdict,
+    "torch.nested._internal.nested_tensor._rebuild_njt": _rebuild_njt,
     "builtins.set": _set,
     "builtins.int": _int,
     "_codecs.encode": _codecs_encode,
@@ -744,6 +808,7 @@ _IMPL: dict[str, Callable] = {
     "numpy._core.multiarray.scalar": _np_scalar,
 }
 _CONTAINERS = {"collections.OrderedDict": collections.OrderedDict}
+_TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter", "torch.nested._internal.nested_tensor.NestedTensor")
 
 
 # ---- after loading: one bounded walk over the value graph --------------------------------------------------
@@ -840,12 +905,18 @@ def _replace_children(obj, out: dict):
 
 
 # ---- entry points --------------------------------------------------------------------------------------------
-def unpickle_plain(f):
-    """A pickle that may hold only numbers, strings and containers (legacy headers): any global is an error."""
-    judge = Judge()
-    obj, _ = unpickle(f, judge=judge)
-    if judge.uses:
-        name = next(iter(judge.uses))[0]
+def unpickle_plain(f, judge: Judge | None = None):
+    """A pickle that may hold only numbers, strings and containers (legacy headers): any global is an error,
+    recorded first in `judge` (torch would unpickle such a header for real)."""
+    own = Judge()
+    try:
+        obj, _ = unpickle(f, judge=own)
+    finally:
+        if judge is not None:
+            for rec in own.uses.values():
+                judge.record(rec["name"], rec["use"], rec["verdict"], rec["detail"])
+    if own.uses:
+        name = next(iter(own.uses))[0]
         raise FormatError(f"unexpected global {name} in a data-only pickle")
     return obj
 

@@ -18,7 +18,7 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
             on_tensor=None) -> dict:
     """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object)."""
     ck = load(path, trust=trust)
-    notes = list(ck.layout.notes)
+    notes = list(ck.layout.notes) + list(ck.judge.notes)
     try:
         sd = ck.state_dict(section)
     except CkptError:
