@@ -169,8 +169,11 @@ def special_mismatch(parts: dict, v) -> str | None:
         if "int_repr" in parts:
             if v.layout != "quantized" or v.info.get("qscheme") != parts["qscheme"].removeprefix("torch."):
                 return f"ckpt {v.layout} {v.info} for a {parts['qscheme']} tensor"
-            packed = dtype in ("quint4x2", "quint2x4")
-            if _raw_digest(v.parts["int_repr"]) != (parts["stored"] if packed else parts["int_repr"]):
+            # torch's int_repr() of quint4x2 / quint2x4 is the packed bytes (2 / 4 values per byte, first value in the
+            # low bits); ckpt gives one integer per element: pack ckpt's to compare bit for bit
+            bits = {"quint4x2": 4, "quint2x4": 2}.get(dtype)
+            got = _raw_digest(v.parts["int_repr"]) if bits is None else ref.digest(_pack(v.parts["int_repr"], bits))
+            if got != parts["int_repr"]:
                 return "int_repr bytes differ"
             if "scale" in parts:
                 if (v.info.get("scale"), v.info.get("zero_point")) != (parts["scale"], parts["zero_point"]):
@@ -199,6 +202,15 @@ def special_mismatch(parts: dict, v) -> str | None:
     except Exception as exc:  # noqa: BLE001 - reported as the mismatch
         return f"reading its components failed: {type(exc).__name__}: {exc}"
     return f"no comparison for {parts}"
+
+
+def _pack(int_repr, bits: int) -> bytes:
+    import numpy as np
+
+    vals = np.ascontiguousarray(int_repr.raw()).astype(np.uint8).ravel()
+    per = 8 // bits
+    vals = np.concatenate([vals, np.zeros((-len(vals)) % per, dtype=np.uint8)]).reshape(-1, per)
+    return (vals << (np.arange(per, dtype=np.uint8) * bits)).sum(axis=1).astype(np.uint8).tobytes()
 
 
 def _nested_components(v) -> list:

@@ -22,7 +22,6 @@ import hashlib
 import importlib
 import io
 import json
-import math
 import pickletools
 import struct
 import sys
@@ -49,14 +48,10 @@ def dense_bytes(t) -> bytes:
     return t.contiguous().numpy().tobytes()
 
 
-_QBITS: dict = {}
-
-
 def torch_parts(t) -> dict:
     """Everything that makes `t` what it is, JSON-able (number arrays as digests of their bytes)."""
     import torch
 
-    _QBITS.update({torch.quint4x2: 4, torch.quint2x4: 2})
     d = {"dtype": str(t.dtype), "layout": str(t.layout)}
     if t.is_nested:
         if t.layout == torch.jagged:
@@ -69,11 +64,7 @@ def torch_parts(t) -> dict:
         d["device"] = "meta"
         return d
     if t.is_quantized:
-        d["int_repr"] = digest(dense_bytes(t.int_repr()))
-        # the bytes as stored (sub-byte types quint4x2 / quint2x4 pack 2 / 4 values per byte; int_repr unpacks)
-        raw = torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy().tobytes()
-        d["stored"] = digest(raw[:math.ceil(t.numel() * _QBITS.get(t.dtype, 8) / 8)]) \
-            if t.is_contiguous() and t.storage_offset() == 0 else None
+        d["int_repr"] = digest(dense_bytes(t.int_repr()))  # quint4x2 / quint2x4: torch gives the packed bytes
         q = t.qscheme()
         d["qscheme"] = str(q)
         if q in (torch.per_tensor_affine, torch.per_tensor_symmetric):
