@@ -127,6 +127,10 @@ def pickle_uses(data: bytes, start: int = 0, where: str = "", out=None):
                 for a in args[1]:
                     if isinstance(a, tuple) and a[0] == "b":
                         legacy_uses(bytes(a[1]), f"{where} > _load_from_bytes", uses)
+            if made == "_codecs.encode" and isinstance(args, tuple) and args[0] == "t" and args[1] \
+                    and isinstance(args[1][0], tuple) and args[1][0][0] == "s":  # protocol 2's bytes
+                stack.append(("b", args[1][0][1].encode("latin-1", "replace")))
+                continue
             stack.append(_O(made) if made else None)
         elif n == "NEWOBJ":
             args, cls = stack.pop(), stack.pop()
