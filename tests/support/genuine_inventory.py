@@ -373,7 +373,12 @@ def ckpt_report(entries, root: Path) -> list:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    obj = torch.load(path, map_location="cpu", weights_only=False)
+                    if path.suffix == ".pkl" and path.read_bytes()[:4] != b"PK\x03\x04":  # a plain pickle
+                        import pickle
+
+                        obj = pickle.loads(path.read_bytes())
+                    else:
+                        obj = torch.load(path, map_location="cpu", weights_only=False)
                 ts = _torch_tensors(obj, [])
                 row["torch_tensors"] = len(ts)
                 row["torch_dtypes"] = sorted({t[0] for t in ts})
