@@ -43,23 +43,32 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--summary", type=click.Path(), metavar="FILE",
               help="Append the gate's markdown summary to FILE (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
+@click.option("--tta", cls=MultiOption, metavar="SETTING[,SETTING ...]",
+              help="kaist with CONFIG: test-time augmentation settings, one row each: none, flip, "
+                   "scale:WxH[:WxH...], a + combination (flip+scale:640x512:800x640), config (the config's "
+                   "tta_model + tta_pipeline). Each distinct view runs once. Default: none.")
+@click.option("--project-root", type=click.Path(), metavar="DIR",
+              help="With CONFIG: put DIR on sys.path for the config's custom_imports (the current directory "
+                   "always is).")
 @click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
 @click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--launcher", type=click.Choice(["none", "pytorch"]), default="none", show_default=True)
 @click.option("--limit", type=int, help="With CONFIG: only the first N test samples.")
 @click.option("--dump", type=click.Path(), metavar="DIR",
-              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
+              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl; kaist: DIR/<setting>_result.txt "
+                   "and DIR/<setting>.pkl as tools/test.py --out (all readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
-             views_per_batch, cache, device, launcher, limit, dump, fmt):
+             tta, project_root, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
     \b
     ckpt eval --task ntu60 --preds joint.pkl bone.pkl --coefficients 1 1 [--ann ntu60.pkl --split xsub_val]
     ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
     ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
+    ckpt eval CONFIG CHECKPOINT --task kaist --ann KAIST_annotation.json --tta none,flip,flip+scale:640x512:800x640
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
     from ckpttool.metrics import gate
 
@@ -79,8 +88,21 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     if config or checkpoint:
         if not (config and checkpoint):
             raise CkptError("running a model needs both CONFIG and CHECKPOINT")
-        if preds or task == "kaist":
+        if preds:
             raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
+    if (config or checkpoint) and task == "kaist":
+        if not ann:
+            raise CkptError("--task kaist needs --ann KAIST_annotation.json")
+        from ckpttool.integrations.mmdet import evaluate_detector
+
+        result = evaluate_detector(config, checkpoint, ann, tta=list(tta) or "none",
+                                   cfg_options=list(cfg_options) or None, project_root=project_root, dump=dump,
+                                   cache=cache, device=device, launcher=launcher, limit=limit, protocol=protocol,
+                                   setup=setup, curves=bool(plot))
+        if not result:  # a torchrun rank other than 0
+            return
+        tables = kaist_tables(result) + [detector_views_table(result)]
+    elif config or checkpoint:
         from ckpttool.eval.tta import evaluate_model
 
         result = evaluate_model(config, checkpoint, clips=ks or None, aggregate=aggregate,
@@ -210,6 +232,19 @@ def kaist_tables(r: dict) -> list:
     proto = Table(["method", "mlpd all", "mlpd day", "mlpd night", "matlab all", "matlab day", "matlab night"],
                   both, title="MR-2 under both protocols (%)")
     return [main, proto]
+
+
+def detector_views_table(r: dict) -> Table:
+    """Per TTA setting: its views and the config's own test_evaluator metrics."""
+    names = sorted({k for m in r["methods"] for k in m.get("evaluator", {})})
+    rows = [[m["name"], len(m["views"])] + [m["evaluator"].get(k) for k in names] for m in r["methods"]]
+    v = r["views"]
+    notes = [f"{len(v['distinct'])} distinct views: {len(v['run'])} run ({v['forward_passes']} forward passes), "
+             f"{len(v['cached'])} from the cache"]
+    if r.get("limit"):
+        notes.append(f"--limit {r['limit']}: the first {r['limit']} of {r['num_test_images']} test images only")
+    return Table(["setting", "views"] + names, rows, title=f"{r['checkpoint']}: views and the config's evaluator",
+                 notes=notes)
 
 
 def gate_table(g: dict, baseline: str) -> Table:

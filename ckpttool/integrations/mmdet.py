@@ -1,0 +1,635 @@
+"""mmdetection 3.x detectors on KAIST: a test-time-augmentation sweep where each distinct view runs once.
+
+:func:`evaluate_detector` is ``ckpt eval CONFIG CHECKPOINT --task kaist``. The model side is what mmdetection's
+``tools/test.py`` does: ``Config.fromfile`` + ``--cfg-options`` (``custom_imports`` resolved with the current
+directory and ``project_root`` on ``sys.path``), the default scope, the test dataset through dataset wrappers,
+``model.test_step`` on batches of one image, the config's ``test_evaluator``. Weights come through our reader.
+
+A *setting* (``--tta``) is ``none``, ``flip``, ``scale:WxH[:WxH…]``, a ``+`` combination, or ``config`` (the
+config's ``tta_pipeline``). It is a list of *views*; a view is one plain pipeline (the test pipeline with its
+``Resize`` scale replaced and a ``RandomFlip`` added, or one branch of the config's ``TestTimeAug``). Views are
+identified by what they do to the image (:func:`view_key`: resize scale / keep_ratio, flip direction, any other
+transform verbatim), so ``none``, ``flip`` and ``flip+scale:…`` share their common views, and each distinct view
+runs once per image. Per-view predictions are kept (in memory, and on disk with ``cache``); a setting with several
+views is merged by the config's ``tta_model`` (mmdet ``DetTTAModel``: un-flip, NMS, ``max_per_img``) or, without
+one, a ``DetTTAModel`` with the config's test NMS.
+
+Rows: today's KAIST keys (:func:`ckpttool.metrics.kaist.evaluate_detections`) plus ``views`` and ``evaluator``
+(the config's ``test_evaluator`` metrics under mmengine's names, e.g. ``pascal_voc/mAP``, as that evaluator
+computes them). Images are matched to the annotation by the set/video/frame in ``img_path``; the tables cover the
+images that were run (``--limit`` says so).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ckpttool.errors import CkptError
+
+CACHE_VERSION = 1
+_META = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One ``--tta`` entry: ``flip`` adds flipped views, ``scales`` replaces the test scale (None: the config's),
+    ``config``: the config's own ``tta_pipeline``."""
+
+    name: str
+    flip: bool = False
+    scales: tuple | None = None
+    config: bool = False
+
+
+def parse_settings(text) -> list[Setting]:
+    """``"none,flip,flip+scale:640x512:800x640,config"`` -> settings (duplicates dropped, order kept)."""
+    items = text if isinstance(text, (list, tuple)) else [text]
+    names = [p.strip() for item in items for p in str(item or "none").split(",") if p.strip()]
+    out, seen = [], set()
+    for name in names or ["none"]:
+        setting = _parse_one(name)
+        if setting.name not in seen:
+            seen.add(setting.name)
+            out.append(setting)
+    return out
+
+
+def _parse_one(name: str) -> Setting:
+    if name == "none":
+        return Setting("none")
+    if name == "config":
+        return Setting("config", config=True)
+    flip, scales = False, None
+    for part in name.split("+"):
+        part = part.strip()
+        if part == "flip" and not flip:
+            flip = True
+        elif part.startswith("scale:") and scales is None:
+            scales = tuple(_scale(s, name) for s in part[len("scale:"):].split(":"))
+            if not scales:
+                raise CkptError(f"--tta {name!r}: scale: needs at least one WxH")
+        else:
+            raise CkptError(f"--tta {name!r}: expected none, flip, scale:WxH[:WxH...], a '+' combination "
+                            "(flip+scale:640x512) or config")
+    canonical = "+".join((["flip"] if flip else []) +
+                         ([f"scale:{':'.join(f'{w}x{h}' for w, h in scales)}"] if scales else []))
+    return Setting(canonical, flip=flip, scales=scales)
+
+
+def _scale(text: str, name: str) -> tuple:
+    w, sep, h = text.lower().partition("x")
+    try:
+        size = (int(w), int(h))
+    except ValueError:
+        size = None
+    if not sep or size is None or min(size) < 1:
+        raise CkptError(f"--tta {name!r}: scale {text!r} is not WxH (e.g. 640x512)")
+    return size
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# views: plain pipelines, identified by what they do
+# ---------------------------------------------------------------------------------------------------------------
+def _type(t) -> str:
+    return str(t.get("type", "")).split(".")[-1]
+
+
+def _is_resize(t) -> bool:
+    return _type(t) in ("Resize", "FixScaleResize", "FixShapeResize")
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def view_key(pipeline) -> str:
+    """What a plain pipeline does to an image, as a string: resize scale and keep_ratio, flip direction, and
+    every other transform except the loader, annotation loading, no-op flips and packing."""
+    parts = []
+    for t in pipeline[1:]:
+        kind = _type(t)
+        if kind in ("LoadAnnotations", "PackDetInputs"):
+            continue
+        if kind == "RandomFlip":
+            prob = t.get("prob", None)
+            if prob is None or (not isinstance(prob, (list, tuple)) and float(prob) <= 0):
+                continue
+            parts.append(f"flip:{t.get('direction', 'horizontal')}")
+        elif _is_resize(t) and "scale" in t:
+            s = t["scale"]
+            s = tuple(int(v) for v in s) if isinstance(s, (list, tuple)) else int(s)
+            w, h = (s, s) if isinstance(s, int) else s
+            parts.append(f"{w}x{h}" + ("" if t.get("keep_ratio", False) else ":stretch"))
+        else:
+            parts.append(json.dumps(_plain(dict(t)), default=repr))
+    return "+".join(parts) or "identity"
+
+
+def _with_flip_meta(pack: dict) -> dict:
+    pack = copy.deepcopy(pack)
+    keys = pack.get("meta_keys")
+    if keys is not None:
+        pack["meta_keys"] = tuple(keys) + tuple(k for k in ("flip", "flip_direction") if k not in keys)
+    return pack
+
+
+def setting_views(setting: Setting, cfg, test_pipeline) -> list:
+    """The plain pipelines of a setting, in the order its predictions are merged."""
+    if setting.config:
+        return config_tta_views(cfg)
+    test_pipeline = [dict(t) for t in test_pipeline]
+    at = [i for i, t in enumerate(test_pipeline) if _is_resize(t)]
+    if not at:
+        raise CkptError("the test pipeline has no Resize step: scale and flip views cannot be built from it")
+    r = at[-1]
+    scales = setting.scales or (None,)
+    views = []
+    for scale in scales:
+        for flip in ((True, False) if setting.flip else (False,)):   # tools/test.py --tta order: flipped first
+            p = copy.deepcopy(test_pipeline)
+            if scale is not None:
+                p[r]["scale"] = tuple(scale)
+            p.insert(r + 1, dict(type="RandomFlip", prob=1.0 if flip else 0.0))
+            p = [_with_flip_meta(t) if _type(t) == "PackDetInputs" else t for t in p]
+            views.append(p)
+    return views
+
+
+def config_tta_views(cfg) -> list:
+    """The config's ``tta_pipeline`` with its ``TestTimeAug`` expanded into one plain pipeline per branch
+    (``itertools.product`` order, as mmcv's TestTimeAug runs them)."""
+    import itertools
+
+    if "tta_pipeline" not in cfg:
+        raise CkptError("--tta config: the config has no tta_pipeline")
+    tta = [dict(t) for t in cfg.tta_pipeline]
+    at = [i for i, t in enumerate(tta) if _type(t) == "TestTimeAug"]
+    if len(at) != 1:
+        raise CkptError("--tta config: the tta_pipeline needs exactly one TestTimeAug step")
+    i = at[0]
+    branches = itertools.product(*[[dict(t) for t in group] for group in tta[i]["transforms"]])
+    return [copy.deepcopy(tta[:i]) + [copy.deepcopy(t) for t in combo] + copy.deepcopy(tta[i + 1:])
+            for combo in branches]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model, data, TTA merging
+# ---------------------------------------------------------------------------------------------------------------
+def load_detector_config(config, cfg_options=None, project_root=None):
+    """``Config.fromfile`` with ``custom_imports`` resolvable from any working directory: the current directory
+    and ``project_root`` go first on ``sys.path`` (as ``python tools/test.py`` run from a project has them)."""
+    from ckpttool.integrations.openmmlab import load_config
+
+    roots = [os.getcwd()] + ([str(Path(project_root).resolve())] if project_root else [])
+    if project_root and not Path(project_root).is_dir():
+        raise CkptError(f"--project-root {project_root}: not a directory")
+    for root in reversed(roots):
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    cfg = load_config(config, cfg_options)
+    if cfg.get("default_scope", "mmdet") != "mmdet":
+        raise CkptError(f"{config}: default_scope is {cfg.get('default_scope')!r}; --task kaist runs mmdet models")
+    return cfg
+
+
+def _innermost(dataset_cfg):
+    while "dataset" in dataset_cfg:
+        dataset_cfg = dataset_cfg["dataset"]
+    return dataset_cfg
+
+
+def build_test_dataset(cfg):
+    """The config's test dataset (wrappers included) with a no-op pipeline: views apply their own."""
+    from mmdet.registry import DATASETS
+
+    ds_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    pipeline = copy.deepcopy(_innermost(ds_cfg).get("pipeline", []))
+    _innermost(ds_cfg)["pipeline"] = []
+    try:
+        dataset = DATASETS.build(ds_cfg)
+    except Exception as exc:
+        raise CkptError(f"cannot build the test dataset of the config: {type(exc).__name__}: {exc}") from exc
+    return dataset, pipeline
+
+
+def build_merger(cfg, model):
+    """The config's ``tta_model`` around ``model``, or a ``DetTTAModel`` with the config's test NMS."""
+    from mmdet.registry import MODELS
+
+    tta = copy.deepcopy(cfg.get("tta_model")) if "tta_model" in cfg else None
+    if tta is None:
+        rcnn = (cfg.model.get("test_cfg") or {}).get("rcnn") or (cfg.model.get("test_cfg") or {})
+        nms = rcnn.get("nms", dict(type="nms", iou_threshold=0.5))
+        tta = dict(type="DetTTAModel", tta_cfg=dict(nms=nms, max_per_img=rcnn.get("max_per_img", 100)))
+    tta["module"] = model
+    return MODELS.build(tta)
+
+
+def _count_view_passes(model):
+    return getattr(model, "_ckpt_view_passes", 0)
+
+
+@dataclass
+class ViewResult:
+    """Per-image predictions of one view (numpy, original image coordinates; flipped views not un-flipped)."""
+
+    bboxes: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    meta: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.bboxes)
+
+    def add(self, sample):
+        pred = sample.pred_instances
+        self.bboxes.append(pred.bboxes.detach().cpu().numpy().astype(np.float32).reshape(-1, 4))
+        self.scores.append(pred.scores.detach().cpu().numpy().astype(np.float32).reshape(-1))
+        self.labels.append(pred.labels.detach().cpu().numpy().astype(np.int64).reshape(-1))
+        self.meta.append({k: _plain_meta(sample.metainfo.get(k)) for k in _META if k in sample.metainfo})
+
+    def sample(self, i):
+        """Image ``i`` as a ``DetDataSample`` with ``pred_instances``."""
+        import torch
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+
+        meta = dict(self.meta[i])
+        for k in ("ori_shape", "img_shape", "scale_factor"):
+            if k in meta and meta[k] is not None:
+                meta[k] = tuple(meta[k])
+        ds = DetDataSample(metainfo=meta)
+        pred = InstanceData()
+        pred.bboxes = torch.from_numpy(self.bboxes[i].copy())
+        pred.scores = torch.from_numpy(self.scores[i].copy())
+        pred.labels = torch.from_numpy(self.labels[i].copy())
+        ds.pred_instances = pred
+        return ds
+
+
+def _plain_meta(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return [_plain_meta(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-view cache (one .npz per view, keyed like the recogniser score cache)
+# ---------------------------------------------------------------------------------------------------------------
+def _cache_key(fingerprint: dict, checkpoint_sha: str, view: str) -> str:
+    payload = json.dumps({"v": CACHE_VERSION, "config": fingerprint, "checkpoint": checkpoint_sha, "view": view},
+                         sort_keys=True, default=repr)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _cache_load(directory, key, img_paths):
+    p = Path(directory) / f"view-{key[:24]}.npz"
+    if not p.is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            n = len(img_paths)
+            if meta.get("key") != key or meta["img_paths"][:n] != list(img_paths):
+                return None
+            counts = z["counts"][:n]
+            ends = np.cumsum(counts)
+            starts = ends - counts
+            res = ViewResult()
+            for i in range(n):
+                a, b = int(starts[i]), int(ends[i])
+                res.bboxes.append(z["bboxes"][a:b])
+                res.scores.append(z["scores"][a:b])
+                res.labels.append(z["labels"][a:b])
+                res.meta.append(meta["meta"][i])
+    except Exception:  # unreadable or foreign: a miss, recomputed and overwritten
+        return None
+    return res
+
+
+def _cache_save(directory, key, img_paths, res: ViewResult):
+    import tempfile
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"view-{key[:24]}.npz"
+    meta = {"key": key, "img_paths": list(img_paths), "meta": res.meta}
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)),
+                     counts=np.array([len(s) for s in res.scores], dtype=np.int64),
+                     bboxes=np.concatenate(res.bboxes).reshape(-1, 4).astype(np.float32),
+                     scores=np.concatenate(res.scores).astype(np.float32),
+                     labels=np.concatenate(res.labels).astype(np.int64))
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------------------------
+def _default_device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Dist:
+    """``--launcher pytorch``: gloo/nccl process group under torchrun; images sharded by rank, gathered on 0."""
+
+    def __init__(self, launcher, device):
+        if launcher not in ("none", "pytorch"):
+            raise CkptError(f"--launcher must be none or pytorch, got {launcher!r}")
+        if launcher == "pytorch" and "RANK" not in os.environ:
+            raise CkptError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE are not set)")
+        self.on, self.device, self.created, self.rank, self.world = launcher == "pytorch", device, False, 0, 1
+
+    def __enter__(self):
+        if self.on:
+            import torch
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                if self.device.startswith("cuda"):
+                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+                dist.init_process_group("nccl" if self.device.startswith("cuda") else "gloo")
+                self.created = True
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        return self
+
+    def __exit__(self, *exc):
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, project_root=None, dump=None,
+                      cache=None, device=None, launcher="none", limit=None, protocol="mlpd", setup="Reasonable",
+                      curves=False) -> dict:
+    """Run CONFIG + CHECKPOINT on its test set under each TTA setting; KAIST rows per setting (see module doc)."""
+    from ckpttool.metrics import kaist as K
+    from ckpttool.metrics.kaist_io import load_annotations
+
+    if limit is not None and int(limit) < 1:
+        raise CkptError("--limit must be a positive integer")
+    if protocol not in K.PROTOCOLS:
+        raise CkptError(f"unknown protocol {protocol!r}; choose mlpd or matlab")
+    settings = parse_settings(tta)
+    annotation = load_annotations(ann)
+    device = device or _default_device()
+    if dump and Path(dump).exists() and not Path(dump).is_dir():
+        raise CkptError(f"--dump {dump}: exists and is not a directory")
+    cfg = load_detector_config(config, cfg_options, project_root)
+
+    import torch
+
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, quiet_mmengine_logs
+
+    t0 = time.perf_counter()
+    with _Dist(launcher, device) as dist, quiet_mmengine_logs():
+        model = build_model(cfg, device)
+        weights = load_checkpoint(model, checkpoint, strict=True)
+        dataset, test_pipeline = build_test_dataset(cfg)
+        n = len(dataset) if limit is None else min(len(dataset), int(limit))
+        infos = [dataset.get_data_info(i) for i in range(n)]
+        img_paths = [str(info.get("img_path", "")) for info in infos]
+        from ckpttool.metrics.kaist_io import image_index
+
+        ann_index = image_index(annotation, img_paths, lambda k: f"test image {k}")
+
+        views_of = {s.name: setting_views(s, cfg, test_pipeline) for s in settings}
+        distinct = {}
+        for s in settings:
+            for p in views_of[s.name]:
+                distinct.setdefault(view_key(p), p)
+        fingerprint = {"model": _plain(cfg.model.to_dict()), "dataset": _plain(
+            {k: v for k, v in _innermost(cfg.test_dataloader.dataset).to_dict().items() if k != "pipeline"})}
+        ck_sha = None
+        results, cached, passes = {}, [], 0
+        t_infer = 0.0
+        for key, pipeline in distinct.items():
+            if cache:
+                from ckpttool.eval.score_cache import file_sha256
+
+                ck_sha = ck_sha or file_sha256(checkpoint)
+                hit = _cache_load(cache, _cache_key(fingerprint, ck_sha, key), img_paths)
+                if hit is not None:
+                    results[key] = hit
+                    cached.append(key)
+                    continue
+            t1 = time.perf_counter()
+            res, k = _run_view(model, pipeline, infos, dist, f"view {key}")
+            t_infer += time.perf_counter() - t1
+            passes += k
+            results[key] = res
+            if cache and dist.rank == 0:
+                _cache_save(cache, _cache_key(fingerprint, ck_sha, key), img_paths, res)
+        if dist.rank != 0:
+            return {}
+
+        merger = build_merger(cfg, model) if any(len(v) > 1 for v in views_of.values()) else None
+        methods = []
+        sub = _subset(annotation, ann_index)
+        for s in settings:
+            keys = [view_key(p) for p in views_of[s.name]]
+            merged = _merge(keys, results, merger, n)
+            det = _detections(sub, merged, s.name)
+            row = K.evaluate_detections(sub, det, setup, protocol if curves else None)
+            head = row["protocols"][protocol]
+            row = {"name": s.name, "MR": head["MR"], "recall": head["recall"], **row, "file": None}
+            row["views"] = keys
+            row["evaluator"] = _run_evaluator(cfg, dataset, infos, merged)
+            row["notes"] = K.explain(row)
+            methods.append(row)
+            if dump:
+                write_dumps(dump, s.name, merged, sub, ann_index)
+    return {
+        "task": "kaist", "mode": "model", "config": str(config), "checkpoint": str(checkpoint),
+        "protocol": protocol, "setup": setup, "annotation": str(ann), "device": device,
+        "limit": None if limit is None else n, "num_test_images": len(dataset),
+        "num_images": {"all": int(len(sub.image_ids)), "day": int(sub.day.sum()), "night": int((~sub.day).sum())},
+        "weights": {"loaded": weights["loaded"], "missing": weights["missing"], "unexpected": weights["unexpected"]},
+        "views": {"distinct": list(distinct), "run": [k for k in distinct if k not in cached], "cached": cached,
+                  "forward_passes": passes},
+        "timing": {"total_s": time.perf_counter() - t0, "inference_s": t_infer,
+                   "images_per_s": (passes / t_infer) if t_infer else None},
+        "methods": methods,
+    }
+
+
+def _run_view(model, pipeline, infos, dist, label):
+    """One view over this rank's images (``model.test_step`` on batches of one, as ``tools/test.py`` with the
+    configs' batch size 1); gathered to every rank in image order."""
+    import torch
+    from mmcv.transforms import Compose
+    from mmengine.dataset import pseudo_collate
+
+    from ckpttool.report.progress import progress
+
+    compose = Compose(pipeline)
+    mine = list(range(dist.rank, len(infos), dist.world))
+    res = ViewResult()
+    with progress(mine, label=label) as bar, torch.no_grad():
+        for i in bar:
+            data = compose(copy.deepcopy(infos[i]))
+            out = model.test_step(pseudo_collate([data]))
+            res.add(out[0])
+    parts = dist.gather((mine, res))
+    if dist.world == 1:
+        return res, len(mine)
+    full = ViewResult()
+    order = sorted((i, r, j) for idx, r in parts for j, i in enumerate(idx))
+    for _, r, j in order:
+        full.bboxes.append(r.bboxes[j])
+        full.scores.append(r.scores[j])
+        full.labels.append(r.labels[j])
+        full.meta.append(r.meta[j])
+    return full, sum(len(idx) for idx, _ in parts)
+
+
+def _merge(keys, results, merger, n):
+    """Per image, the setting's prediction: the single view's own, or the views merged by the TTA model."""
+    if len(keys) == 1:
+        return [results[keys[0]].sample(i) for i in range(n)]
+    return merger.merge_preds([[results[k].sample(i) for k in keys] for i in range(n)])
+
+
+def _subset(ann, index):
+    """The annotation restricted to the images that were run (the tables' FPPI counts only those images)."""
+    from ckpttool.metrics.kaist_io import Annotations
+
+    keep = np.unique(index)
+    pos = np.full(len(ann.image_ids), -1, dtype=np.int64)
+    pos[keep] = np.arange(len(keep))
+    g = np.isin(ann.gt_img, keep)
+    return Annotations(ann.path, ann.image_ids[keep], [ann.im_names[i] for i in keep], ann.day[keep],
+                       pos[ann.gt_img[g]], ann.gt_box[g], ann.gt_height[g], ann.gt_occ[g], ann.gt_ignore[g],
+                       ann.gt_id[g])
+
+
+def _detections(sub, merged, name):
+    from ckpttool.metrics.kaist_io import Detections, image_index
+
+    idx = image_index(sub, [s.metainfo.get("img_path", "") for s in merged], lambda k: f"test image {k}")
+    imgs, boxes, scores = [], [], []
+    for i, s in zip(idx, merged):
+        p = s.pred_instances
+        keep = p.labels.cpu().numpy() == 0
+        b = p.bboxes.cpu().numpy().astype(np.float64)[keep]
+        imgs.append(np.full(len(b), i, dtype=np.int64))
+        boxes.append(np.column_stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]))
+        scores.append(p.scores.cpu().numpy().astype(np.float64)[keep])
+    return Detections(name, name, np.concatenate(imgs), np.concatenate(boxes).reshape(-1, 4),
+                      np.concatenate(scores))
+
+
+def _gt(info):
+    """``gt_instances`` / ``ignored_instances`` as LoadAnnotations + PackDetInputs make them (original coords)."""
+    import torch
+    from mmengine.structures import InstanceData
+
+    inst = info.get("instances", [])
+    out = []
+    for ignored in (False, True):
+        sel = [x for x in inst if bool(x.get("ignore_flag", 0)) == ignored]
+        d = InstanceData()
+        d.bboxes = torch.from_numpy(np.array([x["bbox"] for x in sel], dtype=np.float32).reshape(-1, 4))
+        d.labels = torch.from_numpy(np.array([x["bbox_label"] for x in sel], dtype=np.int64))
+        out.append(d)
+    return out
+
+
+def _run_evaluator(cfg, dataset, infos, merged) -> dict:
+    """The config's ``test_evaluator`` on the merged predictions (its metrics under mmengine's names)."""
+    from mmengine.evaluator import Evaluator
+
+    evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
+    evaluator.dataset_meta = dataset.metainfo
+    samples = []
+    from mmdet.structures import DetDataSample
+
+    for info, s in zip(infos, merged):
+        e = DetDataSample(metainfo=s.metainfo)
+        e.pred_instances = s.pred_instances
+        e.gt_instances, e.ignored_instances = _gt(info)
+        samples.append(e)
+    for i in range(0, len(samples), 64):
+        evaluator.process(samples[i:i + 64])
+    return {k: float(v) if isinstance(v, (int, float, np.floating)) else v
+            for k, v in evaluator.evaluate(len(samples)).items()}
+
+
+def dump_name(setting: str) -> str:
+    """A file-name-safe form of a setting: ``flip+scale:640x512`` -> ``flip+scale-640x512``."""
+    return setting.replace(":", "-").replace("/", "-")
+
+
+def write_dumps(directory, setting, merged, sub, ann_index):
+    """``DIR/<setting>_result.txt`` (``image_index(1-based),x,y,w,h,score``, images in annotation order, scores
+    descending) and ``DIR/<setting>.pkl`` as ``tools/test.py --out`` writes it (mmdet's ``DumpDetResults``)."""
+    import pickle
+
+    from mmdet.evaluation import DumpDetResults
+
+    from ckpttool.io.write import atomic_write
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    base = dump_name(setting)
+    lines = []
+    order = np.argsort(sub.image_ids[_positions(sub, merged)], kind="stable")
+    pos = _positions(sub, merged)
+    for j in order:
+        p = merged[j].pred_instances
+        keep = p.labels.cpu().numpy() == 0
+        b = p.bboxes.cpu().numpy().astype(np.float64)[keep]
+        s = p.scores.cpu().numpy().astype(np.float64)[keep]
+        idx = int(sub.image_ids[pos[j]]) + 1
+        for k in np.argsort(-s, kind="stable"):
+            x1, y1, x2, y2 = b[k]
+            lines.append(f"{idx},{x1:.4f},{y1:.4f},{x2 - x1:.4f},{y2 - y1:.4f},{s[k]:.8f}\n")
+    text = "".join(lines).encode()
+    atomic_write(str(d / f"{base}_result.txt"), lambda f: f.write(text), force=True)
+    # DumpDetResults.process makes the records; its compute_metrics would mmengine.dump them (pickle protocol 2)
+    dumper = DumpDetResults(out_file_path=str(d / f"{base}.pkl"))
+    dumper.process({}, [s.to_dict() for s in merged])
+    atomic_write(str(d / f"{base}.pkl"), lambda f: pickle.dump(dumper.results, f, protocol=2), force=True)
+
+
+def _positions(sub, merged):
+    from ckpttool.metrics.kaist_io import image_index
+
+    return image_index(sub, [s.metainfo.get("img_path", "") for s in merged], lambda k: f"test image {k}")
