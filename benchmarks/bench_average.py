@@ -122,9 +122,9 @@ def bench_size(directory: str, mb: int, repeat: int) -> dict:
                 os.unlink(nohash_out)
             results[name].append(measure(cmd, env))
     t0 = time.perf_counter()
-    from ckpttool.surgery.average import sha256_of
+    from ckpttool.io.hashing import digest
     for p in paths:
-        sha256_of(p)
+        digest(p)
     sha = time.perf_counter() - t0
     return {"mb": mb, "sd_bytes": sd_bytes, "sha256_s": sha, **{k: median_of(v) for k, v in results.items()}}
 

@@ -37,7 +37,7 @@ def _rss_mib() -> float:
 
 def worker_ours(spec: dict) -> dict:
     t0 = time.perf_counter()  # before the heavy imports, as in worker_mmaction
-    from ckpttool.eval.tta import evaluate_model
+    from ckpttool.integrations.mmaction_recognizer import evaluate_model
 
     config, options = _setups(spec["data"])[spec["setup"]]  # rebuilt here: JSON would turn tuples into lists
     res = evaluate_model(config, spec["checkpoint"], spec["clips"], cfg_options=options,
@@ -53,7 +53,7 @@ def worker_mmaction(spec: dict) -> dict:
     from mmaction.datasets.transforms.loading import DecordDecode, DecordInit
     from mmengine.runner import Runner
 
-    from ckpttool.eval.sampling import find_sampling_steps
+    from ckpttool.integrations.sampling import find_sampling_steps
     from ckpttool.integrations.mmaction import import_mmaction
     from ckpttool.integrations.openmmlab import load_config
 

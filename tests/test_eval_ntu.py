@@ -204,12 +204,12 @@ def test_input_errors_name_the_file(tmp_path):
 
 
 def test_score_cache_file_of_model_runs_is_read(tmp_path):
-    from ckpttool.eval.score_cache import ScoreCache
+    from ckpttool.engine.score_cache import ScoreCache
 
     rng = np.random.default_rng(8)
     views = {"rgb": rng.random((25, 4, 60), dtype=np.float32), "pose": rng.random((25, 4, 60), dtype=np.float32)}
     labels = rng.integers(0, 60, 25)
-    path = ScoreCache(tmp_path).save("k" * 40, 4, labels, views)
+    path = ScoreCache(tmp_path, "clips", {}, "k" * 64, None).save(4, labels, views)
     p = read_predictions(str(path))
     assert list(p.streams) == ["rgb", "pose"] and np.array_equal(p.labels, labels)
     r = evaluate_ntu([str(path)], aggregate="score")

@@ -15,8 +15,9 @@ pytest.importorskip("mmaction")
 torch = pytest.importorskip("torch")
 
 from ckpttool.errors import CkptError  # noqa: E402
-from ckpttool.eval import sampling  # noqa: E402
-from ckpttool.eval.tta import evaluate_model, parse_clips  # noqa: E402
+from ckpttool.integrations import sampling  # noqa: E402
+from ckpttool.integrations.mmaction_recognizer import evaluate_model  # noqa: E402
+from ckpttool.options import parse_clips  # noqa: E402
 from ckpttool.integrations.mmaction import shipped_config  # noqa: E402
 from tests.support.ntu_fixtures import (  # noqa: E402,F401  (ntu_workdir is a fixture)
     POSEC3D_CONFIG, model_setups, ntu_workdir, posec3d_options)
@@ -105,7 +106,7 @@ def test_views_per_batch_chunks_give_the_same_scores(ntu_workdir, tmp_path):
 
 
 def test_view_runner_bounds_batches_and_reassembles(monkeypatch):
-    from ckpttool.eval.runner import ViewRunner
+    from ckpttool.engine.runner import ViewRunner
 
     seen = []
 
@@ -114,7 +115,7 @@ def test_view_runner_bounds_batches_and_reassembles(monkeypatch):
             seen.append(inputs.shape[0])
             return {"pose": inputs[:, :1].reshape(inputs.shape[0], 1).clone()}
 
-    r = Fake(model=None, streams=["pose"], views_per_batch=4)
+    r = Fake(forward=None, views_per_batch=4)
     done = {}
     for key, v in (("a", 6), ("b", 1), ("c", 5)):
         x = torch.arange(v, dtype=torch.float32)[:, None] + 100 * ord(key)
@@ -146,7 +147,7 @@ def test_cache_hit_runs_no_inference(ntu_workdir, tmp_path, monkeypatch):
     assert not any(c["cached"] for c in first["clips"])
     assert len(list(cache.glob("clips*.npz"))) == 2
 
-    import ckpttool.eval.runner as runner_mod
+    import ckpttool.engine.runner as runner_mod
     import ckpttool.integrations.openmmlab as om
 
     def boom(*a, **k):
@@ -234,7 +235,7 @@ def test_sampling_helpers_on_nested_wrappers():
 
 def test_argument_errors(tmp_path):
     assert parse_clips("10,1,3,3") == [1, 3, 10] and parse_clips(5) == [5] and parse_clips([2, 1]) == [1, 2]
-    for bad in ("", "0,1", "a", [-1]):
+    for bad in ("", "0,1", "a", [-1], "1,,3"):
         with pytest.raises(CkptError, match="--clips"):
             parse_clips(bad)
     config = shipped_config(POSEC3D_CONFIG)

@@ -5,14 +5,14 @@ import os
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.cli.runs_cmd import value
-from ckpttool.report.output import Table, human_bytes
+from ckpttool.report.output import Cell, Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
 
 
-@click.command("average")
+@click.command("average", cls=Command)
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output (.pth torch zip, or .safetensors).")
 @click.option("--weights", metavar="W1,W2,..", help="Weights per checkpoint (normalised to sum 1).")
@@ -43,74 +43,16 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
 
     Floating tensors are averaged in float64 and written in their dtype; integer buffers follow --int-buffers.
     Streams one tensor at a time; the output is written atomically and verified by re-reading it."""
-    from ckpttool.errors import CkptError
     from ckpttool.report.progress import warn
-    from ckpttool.workdirs.runs import choose
+    from ckpttool.surgery.average_job import run_average
 
-    paths, known, selected = list(checkpoints), None, None
-    if work_dir:
-        if paths:
-            raise CkptError("give checkpoints or --work-dir, not both")
-        paths, known, selected = choose(work_dir, last=last, best=best, metric=metric, mode=mode, every=greedy)
-    elif last is not None or best is not None:
-        raise CkptError("--last/--best choose checkpoints from --work-dir DIR")
-    if not paths:
-        raise CkptError("give checkpoints to average, or --work-dir DIR with --last N / --best N --metric NAME")
-    common = dict(section=section, int_buffers=int_buffers, dtype=dtype, intersection=intersection)
-    final = out
-    if update_bn:  # average into a hidden file next to OUT, recalibrate it, then rename: OUT appears only when done
-        from ckpttool.integrations.openmmlab import load_config
-        from ckpttool.io.write import check_output
-
-        final = check_output(out, paths, force)
-        load_config(update_bn, cfg_options)  # a bad config fails before any work
-        out, force = _hidden(final), False
-    try:
-        result = _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common)
-        if update_bn:
-            from ckpttool.surgery.average import update_bn as recalibrate
-
-            result["update_bn"] = recalibrate(out, update_bn, bn_batches, cfg_options)
-            os.replace(out, final)
-            result.update(output=final, bn_stale=False)
-            result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
-            result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
-                                   "batch(es) of the config's train_dataloader")
-    finally:
-        if final != out and os.path.exists(out):
-            os.unlink(out)
-    if selected is not None:
-        result["selected"] = selected
-        result.setdefault("metric", metric)
+    result = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
+                         weights=weights, greedy=greedy, eval_cmd=eval_cmd, update_bn=update_bn,
+                         bn_batches=bn_batches, cfg_options=cfg_options, force=force, section=section,
+                         int_buffers=int_buffers, dtype=dtype, intersection=intersection)
     for w in result["warnings"]:
         warn(w)
     finish(result, tables(result), fmt)
-
-
-def _hidden(path: str) -> str:
-    import secrets
-
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp"
-                        + (".safetensors" if path.endswith(".safetensors") else ""))
-
-
-def _run(paths, out, weights, greedy, metric, mode, eval_cmd, known, force, common) -> dict:
-    from ckpttool.errors import CkptError
-    from ckpttool.workdirs import runs
-    from ckpttool.surgery.average import average
-
-    if greedy:
-        from ckpttool.surgery.soup import greedy_soup
-
-        if weights:
-            raise CkptError("--weights cannot be combined with --greedy")
-        if not metric:
-            raise CkptError("--greedy needs --metric NAME")
-        return greedy_soup(paths, out, eval_cmd, metric, mode or runs.metric_mode(metric), known=known,
-                           force=force, **common)
-    if eval_cmd:
-        raise CkptError("--eval-cmd is used by --greedy")
-    return average(paths, out, weights=weights, force=force, **common)
 
 
 def tables(r: dict) -> list[Table]:
@@ -123,8 +65,8 @@ def tables(r: dict) -> list[Table]:
         unit = " (%)" if pct else ""
         out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
                          title=f"Greedy soup ({r['mode']} {name}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
-    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), f"{i['weight']:.4f}",
-             (i.get("sha256") or "-")[:12]] for i in r["inputs"]]
+    rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), Cell(i["weight"], "{:.4f}".format),
+             Cell(i.get("sha256"), lambda h: (h or "-")[:12])] for i in r["inputs"]]
     heads = ["input", "epoch", "iter", "weight", "sha256"]
     logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.get("selected") or []}
     if any(v is not None for v in logged.values()):
@@ -134,7 +76,7 @@ def tables(r: dict) -> list[Table]:
             row.append(value(logged.get(row[0]), pct))
     out.append(Table(heads, rows, primary=True,
                      title=f"{r['method']} average of {len(rows)} checkpoint(s) ({r['section']})"))
-    info = [["output", r["output"]], ["size", human_bytes(r["bytes"])],
+    info = [["output", r["output"]], ["size", Cell(r["bytes"], human_bytes)],
             ["tensors", f"{r['tensors']} ({r['averaged']} averaged, {r['picked']} integer taken by "
                         f"'{r['int_buffers']}')"], ["dtype", r["dtype"]]]
     if r["skipped"]:

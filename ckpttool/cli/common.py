@@ -9,14 +9,28 @@ import click
 
 from ckpttool.errors import CheckFailed, CkptError
 from ckpttool.report import progress
-from ckpttool.report.output import FORMATS, emit
+from ckpttool.report.output import FORMATS, emit, format_names
+
+
+class FormatType(click.ParamType):
+    """``--format``: one of ours or any tabulate format name (like sqlite-utils' ``--fmt``)."""
+
+    name = "format"
+
+    def convert(self, value, param, ctx):
+        if value in format_names():
+            return value
+        self.fail(f"{value!r} is not {', '.join(FORMATS)} or a tabulate format "
+                  f"({', '.join(format_names()[len(FORMATS):])})", param, ctx)
 
 
 def output_options(fn):
     """Adds --format/--quiet/--debug and turns errors into exit codes: CkptError -> 2, CheckFailed -> 1."""
 
-    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                  help="Output format; json prints exactly one JSON object on stdout.")
+    @click.option("--format", "fmt", type=FormatType(), default="table", show_default=True,
+                  metavar="[" + "|".join(FORMATS) + "|TABULATE-FORMAT]",
+                  help="Output format; json prints exactly one JSON object on stdout; csv the raw values; "
+                       "any tabulate format name (grid, rst, html, tsv, ...) works too.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bars or log lines on stderr.")
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @functools.wraps(fn)
@@ -61,29 +75,53 @@ def finish(result: dict, tables, fmt: str, failed: str | None = None) -> None:
 
 
 class MultiOption(click.Option):
-    """An option taking several values after one flag (`--preds a.pkl b.pkl`), repeatable too."""
+    """An option taking several values after one flag (`--preds a.pkl b.pkl`), repeatable too. Needs a command
+    made with ``cls=Command``."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("multiple", True)
         super().__init__(*args, **kwargs)
-        self._previous_parser_process = None
 
-    def add_to_parser(self, parser, ctx):
-        super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if opt is None:
+
+class OrderedOption(click.Option):
+    """A repeatable option whose values are also recorded, with those of the other OrderedOptions of the command,
+    in command-line order: ``ctx.meta[ORDER_KEY] = [(param name, value), ...]`` (graft's rules)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+
+ORDER_KEY = "ckpttool.option_order"
+
+
+class Command(click.Command):
+    """A Click command that serves :class:`MultiOption` and :class:`OrderedOption` through the public
+    ``parse_args`` hook: the argument list is rewritten (``--preds a b`` -> ``--preds a --preds b``) and the order of
+    ordered values recorded before Click parses it; Click's parser itself is not touched."""
+
+    def parse_args(self, ctx, args):
+        multi = {o for p in self.params if isinstance(p, MultiOption) for o in p.opts}
+        ordered = {o: p.name for p in self.params if isinstance(p, OrderedOption) for o in p.opts}
+        out, order, i = [], [], 0
+        while i < len(args):
+            name, eq, inline = args[i].partition("=") if args[i].startswith("--") else (args[i], "", "")
+            if args[i] == "--":
+                out += args[i:]
+                break
+            if name in ordered and (eq or i + 1 < len(args)):
+                order.append((ordered[name], inline if eq else args[i + 1]))
+            if name not in multi:
+                out.append(args[i])
+                i += 1
                 continue
-            previous = opt.process
-
-            def process(value, state, previous=previous):
-                values = [value]
-                while state.rargs and not _looks_like_option(state.rargs[0]):
-                    values.append(state.rargs.pop(0))
-                for v in values:
-                    previous(v, state)
-
-            opt.process = process
+            values, i = ([inline], i + 1) if eq else (args[i + 1:i + 2], i + 2)
+            while i < len(args) and not _looks_like_option(args[i]):
+                values.append(args[i])
+                i += 1
+            out += [x for v in values for x in (name, v)] if values else [name]
+        ctx.meta[ORDER_KEY] = order
+        return super().parse_args(ctx, out)
 
 
 def _looks_like_option(arg: str) -> bool:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 
 SHOW = 20  # rows of a key list in the text formats (json lists all)
 
 
-@click.command("diff")
+@click.command("diff", cls=Command)
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the ranking (default: as inspect).")
@@ -40,6 +40,10 @@ def diff_cmd(a, b, depth, maps, atol, rtol, section, section_a, section_b, confi
     finish(result, tables(result, keys), fmt, failures(result, kinds))
 
 
+def _cosine(x) -> str:
+    return fmt_num(x, 6)
+
+
 def tables(r: dict, all_keys: bool = False) -> list[Table]:
     out = [Table(["", "A", "B"], header_rows(r), notes=[f"note: {n}" for n in r["notes"]]),
            Table(["structure", "count", "keys"], structure_rows(r), title="Structure")]
@@ -47,14 +51,15 @@ def tables(r: dict, all_keys: bool = False) -> list[Table]:
         if r[name]:
             rows = [[m["key"], _short(m["a"]), _short(m["b"])] for m in r[name][:SHOW]]
             out.append(Table(["key", "A", "B"], rows, title=title, notes=_more(r[name])))
-    mrows = [[m["name"], m["tensors"], m["changed"], fmt_num(m["rel_l2"]), fmt_num(m["max_abs"]),
-              fmt_num(m["cosine"], 6), _nonfinite(m)] for m in r["modules"]]
+    mrows = [[m["name"], m["tensors"], m["changed"], m["rel_l2"], m["max_abs"], m["cosine"], _nonfinite(m)]
+             for m in r["modules"]]
     out.append(Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], mrows,
-                     title=f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖", primary=True))
+                     title=f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖", primary=True,
+                     formats={3: fmt_num, 4: fmt_num, 5: _cosine}))
     changed = r["changed_tensors"] if all_keys else r["changed_tensors"][:10]
     if changed:
-        trows = [[t["key"], fmt_num(t["rel_l2"]), fmt_num(t["max_abs"]), fmt_num(t["cosine"], 6), _nonfinite(t)]
-                 for t in changed]
+        trows = [[t["key"], Cell(t["rel_l2"], fmt_num), Cell(t["max_abs"], fmt_num), Cell(t["cosine"], _cosine),
+                  _nonfinite(t)] for t in changed]
         more = len(r["changed_tensors"]) - len(changed)
         out.append(Table(["tensor", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], trows,
                          title="Changed tensors", notes=[f"… {more} more (--keys lists all)"] if more else []))

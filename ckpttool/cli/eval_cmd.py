@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.errors import CkptError
-from ckpttool.report.output import Table
-
-SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
+from ckpttool.metrics.constants import AGGREGATES, SETUPS
+from ckpttool.report.output import Table, pct, signed
 
 
-@click.command("eval")
+
+@click.command("eval", cls=Command)
 @click.argument("config", required=False)
 @click.argument("checkpoint", required=False)
 @click.option("--task", type=click.Choice(["ntu60", "kaist"]), help="What the --preds files hold.")
@@ -22,7 +21,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--apply-softmax", is_flag=True, help="ntu60 ensemble: softmax each file's scores before summing.")
 @click.option("--ann", type=click.Path(), help="Annotation file: KAIST json, or NTU60 pkl for the labels.")
 @click.option("--split", help="ntu60: the split of --ann (xsub_val, xview_val, ...); with CONFIG: the test split.")
-@click.option("--aggregate", type=click.Choice(["prob", "score", "max"]),
+@click.option("--aggregate", type=click.Choice(AGGREGATES),
               help="How per-view scores are averaged: prob = softmax then mean (default; with CONFIG: the "
                    "model's average_clips), score = mean, max = element-wise max.")
 @click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
@@ -30,7 +29,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
 @click.option("--protocol", type=click.Choice(["mlpd", "matlab"]), default="mlpd", show_default=True,
               help="kaist: the headline protocol (both are always computed).")
-@click.option("--setup", type=click.Choice(SETUPS), default="Reasonable", show_default=True,
+@click.option("--setup", type=click.Choice(list(SETUPS)), default="Reasonable", show_default=True,
               help="kaist: which GTs count (the rest are ignored).")
 @click.option("--plot", type=click.Path(), metavar="FILE.png|svg",
               help="kaist: miss rate vs FPPI; ntu60: accuracy vs clips (with --clips), else a confusion matrix.")
@@ -43,13 +42,12 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @click.option("--summary", type=click.Path(), metavar="FILE",
               help="Append the gate's markdown summary to FILE (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
+@click.option("--project-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="With CONFIG: put DIR (and the current directory) on sys.path for the config's custom_imports.")
 @click.option("--tta", cls=MultiOption, metavar="SETTING[,SETTING ...]",
               help="kaist with CONFIG: test-time augmentation settings, one row each: none, flip, "
                    "scale:WxH[:WxH...], a + combination (flip+scale:640x512:800x640), config (the config's "
                    "tta_model + tta_pipeline). Each distinct view runs once. Default: none.")
-@click.option("--project-root", type=click.Path(), metavar="DIR",
-              help="With CONFIG: put DIR on sys.path for the config's custom_imports (the current directory "
-                   "always is).")
 @click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
 @click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -61,7 +59,7 @@ SETUPS = ("Reasonable", "Reasonable_small", "Reasonable_occ=heavy", "All")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
-             tta, project_root, views_per_batch, cache, device, launcher, limit, dump, fmt):
+             project_root, tta, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
     \b
@@ -70,122 +68,40 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
     ckpt eval CONFIG CHECKPOINT --task kaist --ann KAIST_annotation.json --tta none,flip,flip+scale:640x512:800x640
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
-    from ckpttool.metrics import gate
+    from ckpttool.engine.evaluate import run_eval
 
-    ks = _parse_clips(clips)
-    default_tol, overrides = gate.parse_tolerance(tolerance)
-    inputs = list(preds) + [p for p in (ann, baseline, config, checkpoint) if p]
-    if save_metrics:
-        from ckpttool.io.write import check_output
-
-        check_output(save_metrics, inputs, force)
-    if plot:
-        from ckpttool.report.plots import check_plot_path
-
-        check_plot_path(plot)
-    base = gate.load_baseline(baseline) if baseline else None
-
-    if config or checkpoint:
-        if not (config and checkpoint):
-            raise CkptError("running a model needs both CONFIG and CHECKPOINT")
-        if preds:
-            raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
-    if (config or checkpoint) and task == "kaist":
-        if not ann:
-            raise CkptError("--task kaist needs --ann KAIST_annotation.json")
-        from ckpttool.integrations.mmdet import evaluate_detector
-
-        result = evaluate_detector(config, checkpoint, ann, tta=list(tta) or "none",
-                                   cfg_options=list(cfg_options) or None, project_root=project_root, dump=dump,
-                                   cache=cache, device=device, launcher=launcher, limit=limit, protocol=protocol,
-                                   setup=setup, curves=bool(plot))
-        if not result:  # a torchrun rank other than 0
-            return
-        tables = kaist_tables(result) + [detector_views_table(result)]
-    elif config or checkpoint:
-        from ckpttool.eval.tta import evaluate_model
-
-        result = evaluate_model(config, checkpoint, clips=ks or None, aggregate=aggregate,
-                                cfg_options=list(cfg_options) or None, split=split,
-                                views_per_batch=views_per_batch, cache=cache, device=device, launcher=launcher,
-                                limit=limit, dump=dump)
-        tables = ntu_tables(result)
-    elif task == "kaist":
-        if not ann:
-            raise CkptError("--task kaist needs --ann KAIST_annotation.json")
-        from ckpttool.metrics.kaist import evaluate_kaist
-
-        result = evaluate_kaist(list(preds), ann, protocol=protocol, setup=setup, curves=bool(plot))
-        tables = kaist_tables(result)
-    elif task == "ntu60":
-        from ckpttool.metrics.ntu import evaluate_ntu
-
-        result = evaluate_ntu(list(preds), coefficients=list(coefficients) or None, apply_softmax=apply_softmax,
-                              ann=ann, split=split, aggregate=aggregate or "prob", clips=ks or None,
-                              per_class=per_class)
-        tables = ntu_tables(result)
-    else:
-        raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
-
-    if plot:
-        _plot(result, plot)
-    failed = None
-    if base is not None:
-        result["gate"] = gate.compare(result, base, default_tol, overrides)
-        result["gate"]["baseline"] = baseline
-        tables.append(gate_table(result["gate"], baseline))
-        if summary:
-            with open(summary, "a", encoding="utf-8") as f:
-                f.write(gate.summary_markdown(result["gate"], baseline))
-        if not result["gate"]["passed"]:
-            failed = f"{result['gate']['regressions']} metric(s) regressed against {baseline}"
-    if save_metrics:
-        gate.save_metrics({k: v for k, v in result.items() if k != "gate"}, save_metrics, inputs, force)
-    finish(result, tables, fmt, failed)
+    report = run_eval(config, checkpoint, task=task, preds=preds, ann=ann, plot=plot, save_metrics=save_metrics,
+                      force=force, baseline=baseline, tolerance=tolerance, summary=summary, clips=clips,
+                      aggregate=aggregate, coefficients=coefficients, apply_softmax=apply_softmax, split=split,
+                      per_class=per_class, protocol=protocol, setup=setup, **_model_options(
+                          config, cfg_options=list(cfg_options) or None, views_per_batch=views_per_batch,
+                          cache=cache, device=device, launcher=launcher, limit=limit, dump=dump,
+                          project_root=project_root, **({"tta": list(tta)} if tta else {})))
+    finish(report.to_dict(), tables(report), fmt, report.failed)
 
 
-def _parse_clips(values):
-    ks = []
-    for v in values or ():
-        for part in str(v).split(","):
-            if part.strip():
-                try:
-                    k = int(part)
-                except ValueError:
-                    raise CkptError(f"--clips {v!r}: expected view counts like 1,3,5,10") from None
-                if k < 1:
-                    raise CkptError(f"--clips {v!r}: view counts start at 1")
-                ks.append(k)
-    return sorted(set(ks))
+def _model_options(config, **options) -> dict:
+    """The options of a model run, only when there is one (prediction files take none of them)."""
+    return options if config else {}
 
 
-def _plot(result, path):
-    from ckpttool.report import plots
-
-    if result["task"] == "kaist":
-        plots.plot_miss_rate(result["methods"], path)
-        for m in result["methods"]:
-            m.pop("curves", None)
-    elif result.get("clips"):
-        plots.plot_clips(result["clips"], path)
-    elif result.get("per_class"):
-        pc = result["per_class"]
-        from ckpttool.metrics.ntu import class_names_for
-
-        names = class_names_for(len(pc["confusion"]))
-        plots.plot_confusion(pc["confusion"], names, path, title=pc["row"])
-    else:
-        raise CkptError("--plot for ntu60 draws accuracy vs clips (give --clips) or a confusion matrix "
-                        "(give --per-class)")
-
-
-def _pct(x):
-    return "-" if x is None else f"{x:.2f}"
+def tables(report) -> list:
+    """The tables of an ``EvalReport``: the task's, then the gate's."""
+    out = kaist_tables(report.result) if report.result["task"] == "kaist" else ntu_tables(report.result)
+    if report.result.get("mode") == "model" and report.result["task"] == "kaist":
+        out.append(detector_views_table(report.result))
+    if report.gate is not None:
+        out.append(gate_table(report.gate, report.gate["baseline"]))
+    return out
 
 
 def _acc_rows(rows, k=None):
-    return [([k] if k is not None else []) + [r["name"], _pct(r["top1"]), _pct(r["top5"]),
-                                                _pct(r["mean_class_accuracy"])] for r in rows]
+    return [([k] if k is not None else []) + [r["name"], r["top1"], r["top5"], r["mean_class_accuracy"]]
+            for r in rows]
+
+
+def _pct_columns(*columns) -> dict:
+    return {c: pct for c in columns}
 
 
 def ntu_tables(r: dict) -> list:
@@ -196,46 +112,47 @@ def ntu_tables(r: dict) -> list:
         title = f"NTU60: {r['num_samples']} samples, {r.get('num_classes', '?')} classes"
         if views > 1:
             title += f", {views} views ({r['aggregate']})"
-        out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True))
+        out.append(Table(head, _acc_rows(r["rows"]), title=title + " (%)", primary=True,
+                         formats=_pct_columns(1, 2, 3)))
     if r.get("clips"):
         rows = [row for c in r["clips"] for row in _acc_rows(c["rows"], c["k"])]
         if r.get("rows"):  # prediction files: per-view scores, the first k views
             title, col = "Accuracy using the first k views (%)", "k views"
         else:  # a model run: num_clips=k on the sampling step (a clip may give several views, e.g. flips)
             title, col = f"{r.get('checkpoint', 'model')}: accuracy with num_clips=k (%)", "k clips"
-        out.append(Table([col] + head, rows, title=title, primary=not r.get("rows")))
+        out.append(Table([col] + head, rows, title=title, primary=not r.get("rows"), formats=_pct_columns(2, 3, 4)))
     pc = r.get("per_class")
     if pc:
         out.append(Table(["label", "class", "samples", "accuracy"],
-                         [[c["label"], c["name"], c["count"], _pct(c["accuracy"])] for c in pc["classes"]],
-                         title=f"Per-class accuracy of {pc['row']} (%)"))
+                         [[c["label"], c["name"], c["count"], c["accuracy"]] for c in pc["classes"]],
+                         title=f"Per-class accuracy of {pc['row']} (%)", formats=_pct_columns(3)))
         out.append(Table(["true", "predicted as", "samples", "% of true class"],
-                         [[p["true_name"], p["pred_name"], p["count"], _pct(p["fraction"])] for p in pc["confused"]],
-                         title="Most confused pairs"))
+                         [[p["true_name"], p["pred_name"], p["count"], p["fraction"]] for p in pc["confused"]],
+                         title="Most confused pairs", formats=_pct_columns(3)))
     return out
 
 
 def kaist_tables(r: dict) -> list:
     rows, notes = [], []
     for m in r["methods"]:
-        rows.append([m["name"]] + [_pct(m["MR"][s]) for s in ("all", "day", "night")]
-                    + [_pct(m["recall"]["all"]), _pct(m["AP50"]["all"]), m["images_without_detections"]])
+        rows.append([m["name"]] + [m["MR"][s] for s in ("all", "day", "night")]
+                    + [m["recall"]["all"], m["AP50"]["all"], m["images_without_detections"]])
         notes += m["notes"]
         if m["unsorted_images"]:
             notes.append(f"{m['name']}: {m['unsorted_images']} images list detections out of score order; they were "
                          "sorted (the MLPD script itself needs sorted input)")
     title = f"KAIST {r['setup']}, {r['protocol']} protocol: MR-2 (%, lower is better), recall and AP@0.5 (%)"
     main = Table(["method", "MR all", "MR day", "MR night", "recall", "AP50", "images w/o det"], rows,
-                 title=title, primary=True, notes=notes)
-    both = [[m["name"]] + [_pct(m["protocols"][p]["MR"][s]) for p in ("mlpd", "matlab")
+                 title=title, primary=True, notes=notes, formats=_pct_columns(1, 2, 3, 4, 5))
+    both = [[m["name"]] + [m["protocols"][p]["MR"][s] for p in ("mlpd", "matlab")
                            for s in ("all", "day", "night")] for m in r["methods"]]
     proto = Table(["method", "mlpd all", "mlpd day", "mlpd night", "matlab all", "matlab day", "matlab night"],
-                  both, title="MR-2 under both protocols (%)")
+                  both, title="MR-2 under both protocols (%)", formats=_pct_columns(1, 2, 3, 4, 5, 6))
     return [main, proto]
 
 
 def detector_views_table(r: dict) -> Table:
-    """Per TTA setting: its views and the config's own test_evaluator metrics."""
+    """Per TTA setting of a detector run: its views and the config's own test_evaluator metrics."""
     names = sorted({k for m in r["methods"] for k in m.get("evaluator", {})})
     rows = [[m["name"], len(m["views"])] + [m["evaluator"].get(k) for k in names] for m in r["methods"]]
     v = r["views"]
@@ -248,9 +165,9 @@ def detector_views_table(r: dict) -> Table:
 
 
 def gate_table(g: dict, baseline: str) -> Table:
-    rows = [[c["metric"], _pct(c["baseline"]), _pct(c["current"]),
-             "-" if c["delta"] is None else f"{c['delta']:+.2f}", f"{c['tolerance']:g}", c["better"], c["status"]]
+    rows = [[c["metric"], c["baseline"], c["current"], c["delta"], c["tolerance"], c["better"], c["status"]]
             for c in g["checks"]]
     head = "PASSED" if g["passed"] else f"FAILED ({g['regressions']} regression(s))"
     return Table(["metric", "baseline", "current", "delta", "tolerance", "better", "status"], rows,
-                 title=f"Regression gate vs {baseline}: {head}")
+                 title=f"Regression gate vs {baseline}: {head}",
+                 formats={1: pct, 2: pct, 3: signed, 4: lambda x: f"{x:g}"})

@@ -3,37 +3,14 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
-from ckpttool.report.output import Table, human_bytes, human_count
-
-RULES_KEY = "ckpttool.graft.rules"
-
-
-class RuleOption(click.Option):
-    """A repeatable rule option that also records (kind, value) in command-line order across all rule options."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("multiple", True)
-        super().__init__(*args, **kwargs)
-
-    def add_to_parser(self, parser, ctx):
-        super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name)
-            previous = opt.process
-
-            def process(value, state, previous=previous):
-                ctx.meta.setdefault(RULES_KEY, []).append((self.name, value))
-                previous(value, state)
-
-            opt.process = process
-
+from ckpttool.cli.common import ORDER_KEY, Command, MultiOption, OrderedOption, finish, output_options
+from ckpttool.report.output import Cell, Table, human_bytes, human_count
 
 def rule_option(name, metavar, help_):
-    return click.option(name, cls=RuleOption, metavar=metavar, help=help_)
+    return click.option(name, cls=OrderedOption, metavar=metavar, help=help_)
 
 
-@click.command("graft")
+@click.command("graft", cls=Command)
 @click.argument("source", required=False, type=click.Path())
 @click.option("--into", "target", required=True, metavar="TARGET",
               help="New architecture: an mmengine config (.py), package.module:function, or a template checkpoint.")
@@ -74,7 +51,7 @@ def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, sectio
     if out is None and not dry_run:
         raise CkptError("give -o OUT (or --dry-run)")
     src = source_spec(source, sources)
-    rules = click.get_current_context().meta.get(RULES_KEY, [])
+    rules = click.get_current_context().meta.get(ORDER_KEY, [])
     _, result = run(src, target, rules, cfg_options=list(cfg_options) or None, on_shape_mismatch=policy,
                     inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
                     dry_run=dry_run, fail_on=checks)
@@ -151,7 +128,7 @@ def module_table(r: dict) -> list[list]:
     for m in r["modules"]:
         init = ",".join(f"{k} {v}" for k, v in m["init"].items())
         acts = ",".join(f"{k} {v}" for k, v in m["actions"].items())
-        rows.append([m["name"], m["tensors"], human_count(m["params"]), m["loaded"],
+        rows.append([m["name"], m["tensors"], Cell(m["params"], human_count), m["loaded"],
                      f"{m['new']} ({init})" if m["new"] else 0, f"{m['mismatched']} ({acts})" if m["mismatched"] else 0,
                      m["from"] or "-"])
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ckpttool.cli.common import finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes, human_count
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes, human_count
 
 
 @click.command("inspect")
@@ -56,26 +56,27 @@ def tables(r: dict, stats: bool) -> list[Table]:
         cols += ["min", "max", "mean", "std", "l2", "nan", "inf", "flags"]
     rows = []
     for m in r["modules"]:
-        row = [m["name"], m["tensors"], human_count(m["params"]), human_bytes(m["bytes"]), ",".join(m["dtypes"])]
+        row = [m["name"], m["tensors"], Cell(m["params"], human_count), Cell(m["bytes"], human_bytes),
+               ",".join(m["dtypes"])]
         if stats:
-            row += [fmt_num(m.get(k)) for k in ("min", "max", "mean", "std", "l2")]
+            row += [Cell(m.get(k), fmt_num) for k in ("min", "max", "mean", "std", "l2")]
             row += [m.get("nan", 0), m.get("inf", 0), "; ".join(m.get("flags", []))]
         rows.append(row)
-    total = ["total", r["num_tensors"], human_count(r["total_params"]), human_bytes(r["total_bytes"]), ""]
+    total = ["total", r["num_tensors"], Cell(r["total_params"], human_count), Cell(r["total_bytes"], human_bytes), ""]
     rows.append(total + [""] * (len(cols) - len(total)))
     out.append(Table(cols, rows, title=f"Modules (depth {r['depth']}) of {r['weights_key'] or 'the file'}",
                      primary=True))
     if "keys" in r:
         kcols = ["key", "shape", "dtype", "params"] + (["min", "max", "mean", "std", "nan", "inf"] if stats else [])
         krows = [[k["key"], "x".join(map(str, k["shape"])) or "scalar", k["dtype"], k["params"]]
-                 + ([fmt_num(k.get(c)) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
+                 + ([Cell(k.get(c), fmt_num) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
                     if stats else []) for k in r["keys"]]
         out.append(Table(kcols, krows, title="Tensors"))
     opt = r.get("optimizer")
     if opt:
         gcols = ["group", "params", "lr", "weight_decay", "momentum/betas"]
-        grows = [[i, g.get("params"), fmt_num(g.get("lr")), fmt_num(g.get("weight_decay")),
-                  fmt_num(g.get("momentum")) if "momentum" in g else g.get("betas", "-")]
+        grows = [[i, g.get("params"), Cell(g.get("lr"), fmt_num), Cell(g.get("weight_decay"), fmt_num),
+                  Cell(g.get("momentum"), fmt_num) if "momentum" in g else g.get("betas", "-")]
                  for i, g in enumerate(opt["param_groups"])]
         out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({opt['state_tensors']} state tensors, "
                                               f"{human_bytes(opt['state_bytes'])})"))
@@ -83,7 +84,7 @@ def tables(r: dict, stats: bool) -> list[Table]:
         srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r["schedulers"]]
         out.append(Table(["scheduler", "state"], srows, title="Schedulers"))
     if r.get("scalars"):
-        out.append(Table(["scalar", "last value"], [[k, fmt_num(v, 6)] for k, v in r["scalars"].items()],
+        out.append(Table(["scalar", "last value"], [[k, Cell(v, lambda x: fmt_num(x, 6))] for k, v in r["scalars"].items()],
                          title="Last logged scalars (message_hub)"))
     if r.get("config"):
         out.append(Table([], [], title="Config (meta.cfg)", notes=[r["config"].rstrip()]))
@@ -92,7 +93,7 @@ def tables(r: dict, stats: bool) -> list[Table]:
 
 def header_rows(r: dict) -> list[list]:
     meta = r["meta"]
-    rows = [["path", r["path"]], ["format", r["format"]], ["size", human_bytes(r["file_bytes"])],
+    rows = [["path", r["path"]], ["format", r["format"]], ["size", Cell(r["file_bytes"], human_bytes)],
             ["layout", r["layout"]]]
     if "epoch" in meta or "iter" in meta:
         rows.append(["epoch / iter", f"{meta.get('epoch', '-')} / {meta.get('iter', meta.get('global_step', '-'))}"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ckpttool.cli.common import finish, output_options
-from ckpttool.report.output import Table, fmt_num, human_bytes
+from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 from ckpttool.workdirs.runs import DEFAULT_COLLAPSE
 
 
@@ -43,10 +43,13 @@ def show(work_dir, fmt, metric=None, mode=None, collapse_drop=DEFAULT_COLLAPSE, 
     finish(result, tables(result), fmt, failed)
 
 
-def value(v, percent: bool) -> str:
+def value(v, percent: bool) -> Cell:
+    """A logged metric; in % (x100) when ``percent``: shown with 2 decimals, raw (unrounded) in CSV."""
     if v is None:
-        return "-"
-    return f"{100 * v:.2f}" if percent else f"{v:.2f}" if abs(v) >= 1 else fmt_num(v)
+        return Cell(None)
+    if percent:
+        return Cell(100 * v, "{:.2f}".format)
+    return Cell(v, lambda x: f"{x:.2f}" if abs(x) >= 1 else fmt_num(x))
 
 
 def tables(r: dict) -> list[Table]:
@@ -58,7 +61,7 @@ def tables(r: dict) -> list[Table]:
         flags = [f"best {n}" for n in row["best"] if n in names]
         flags += [f"collapse {n}" for n in row["collapse"] if n in names]
         rows.append([row["epoch"] if row["epoch"] is not None else "-", row["iter"] if row["iter"] is not None
-                     else "-", row["checkpoint"] or "-", human_bytes(row["bytes"]) if row["bytes"] else "-"]
+                     else "-", row["checkpoint"] or "-", Cell(row["bytes"] or None, human_bytes)]
                     + [value(row["metrics"].get(n), r["metrics"][n]["percent"]) for n in names]
                     + ["; ".join(flags + [f"also {b}" for b in row["best_files"]])])
     notes = [f"metrics from {', '.join(r['sources'])}" if r["sources"] else "no validation metrics logged"]

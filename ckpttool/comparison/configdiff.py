@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 
 from ckpttool.errors import CkptError
 
@@ -72,26 +71,11 @@ def _key(node, env, depth):
 
 def load_file(path: str) -> dict:
     """A config file named by the user (.py/.json/.yaml) via mmengine, without importing `custom_imports`."""
-    if not os.path.isfile(path):
-        raise CkptError(f"{path}: no such config file")
-    try:
-        from mmengine.config import Config
-    except ImportError:
-        raise CkptError("reading a config file needs mmengine (pip install mmengine)") from None
-    try:
-        cfg = Config.fromfile(path, import_custom_modules=False)
-    except Exception as exc:  # mmengine raises many kinds for a bad file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CkptError(f"{path}: cannot read config ({msg})") from None
-    return _plain(cfg.to_dict())
+    from ckpttool.integrations.openmmlab import read_config_file
 
+    from ckpttool.plain import plain
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
-    return obj if isinstance(obj, SCALARS) else str(obj)
+    return plain(read_config_file(path), max_depth=1000)
 
 
 def embedded(ck) -> dict | None:

@@ -13,6 +13,7 @@ import re
 
 from ckpttool.errors import CkptError
 from ckpttool.io import load
+from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.summary.tree import default_depth, module_of
 
 CHUNK = 1 << 16                  # elements per chunk (256 KiB of float32: a, b and b-a stay in L2)
@@ -91,7 +92,7 @@ def _widen(part, dtype: str, compute):
     import numpy as np
 
     if dtype == "bfloat16":
-        return (part.astype(np.uint32) << 16).view(np.float32).astype(compute, copy=False)
+        return widen_bfloat16(part).astype(compute, copy=False)
     if dtype == "bool":
         part = part.view(np.uint8)
     return part.astype(compute, copy=False)

@@ -52,6 +52,22 @@ def _install_drn_stand_in() -> None:
     sys.modules[_DRN_MODULE] = mod
 
 
+def _skip_unimportable_multimodal() -> None:
+    """mmaction2 imports its multi-modal models (VindLU) whenever ``transformers`` is installed, and they import
+    ``timm``, which imports ``torchvision``. Where that chain cannot be imported (the reachable torchvision wheels are
+    CUDA builds that fail with a CPU torch), ``import mmaction.models`` would fail for every recogniser; mmaction's
+    own switch ``WITH_MULTIMODAL`` is then turned off, so those three models are registered as placeholders that
+    ask for the extra dependencies, exactly as when ``transformers`` is absent."""
+    from mmaction.utils import dependency
+
+    if not dependency.WITH_MULTIMODAL:
+        return
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        dependency.WITH_MULTIMODAL = False
+
+
 @lru_cache(maxsize=None)
 def import_mmaction():
     """Import mmaction2 with all its registries populated and return the ``mmaction`` module.
@@ -64,6 +80,7 @@ def import_mmaction():
         raise CkptError(f"mmaction2 is not installed ({exc}); install the [mmaction] extra: "
                         "pip install -c constraints.txt 'ckpttool[mmaction]'") from exc
     _install_drn_stand_in()
+    _skip_unimportable_multimodal()
     with warnings.catch_warnings():
         # mmcv-lite has no compiled ops; mmcv warns about that on import although no recognizer needs them
         warnings.filterwarnings("ignore", message=".*mmcv-lite.*")

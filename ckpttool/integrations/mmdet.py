@@ -191,17 +191,11 @@ def config_tta_views(cfg) -> list:
 # model, data, TTA merging
 # ---------------------------------------------------------------------------------------------------------------
 def load_detector_config(config, cfg_options=None, project_root=None):
-    """``Config.fromfile`` with ``custom_imports`` resolvable from any working directory: the current directory
-    and ``project_root`` go first on ``sys.path`` (as ``python tools/test.py`` run from a project has them)."""
+    """``Config.fromfile`` + ``--cfg-options`` with ``custom_imports`` resolved from the current directory and
+    ``project_root`` (:func:`ckpttool.integrations.openmmlab.load_config`); an mmdet default scope."""
     from ckpttool.integrations.openmmlab import load_config
 
-    roots = [os.getcwd()] + ([str(Path(project_root).resolve())] if project_root else [])
-    if project_root and not Path(project_root).is_dir():
-        raise CkptError(f"--project-root {project_root}: not a directory")
-    for root in reversed(roots):
-        if root not in sys.path:
-            sys.path.insert(0, root)
-    cfg = load_config(config, cfg_options)
+    cfg = load_config(config, cfg_options, project_root=project_root)
     if cfg.get("default_scope", "mmdet") != "mmdet":
         raise CkptError(f"{config}: default_scope is {cfg.get('default_scope')!r}; --task kaist runs mmdet models")
     return cfg
@@ -357,43 +351,15 @@ def _default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class _Dist:
-    """``--launcher pytorch``: gloo/nccl process group under torchrun; images sharded by rank, gathered on 0."""
-
-    def __init__(self, launcher, device):
-        if launcher not in ("none", "pytorch"):
-            raise CkptError(f"--launcher must be none or pytorch, got {launcher!r}")
-        if launcher == "pytorch" and "RANK" not in os.environ:
-            raise CkptError("--launcher pytorch needs torchrun (RANK/WORLD_SIZE are not set)")
-        self.on, self.device, self.created, self.rank, self.world = launcher == "pytorch", device, False, 0, 1
-
-    def __enter__(self):
-        if self.on:
-            import torch
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                if self.device.startswith("cuda"):
-                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-                dist.init_process_group("nccl" if self.device.startswith("cuda") else "gloo")
-                self.created = True
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        return self
-
-    def __exit__(self, *exc):
-        if self.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-    def gather(self, obj):
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+def evaluate_model(config, checkpoint, ann=None, tta=None, split=None, views_per_batch=None, **options) -> dict:
+    """``ckpt eval CONFIG CHECKPOINT --task kaist`` as :mod:`ckpttool.engine.evaluate` calls it."""
+    if not ann:
+        raise CkptError("--task kaist with CONFIG CHECKPOINT needs --ann KAIST_annotation.json")
+    if split is not None:
+        raise CkptError("--split: a detector runs the config's test_dataloader (use --cfg-options to change it)")
+    if views_per_batch is not None:
+        raise CkptError("--views-per-batch: detector views run as tools/test.py does, one image per forward pass")
+    return evaluate_detector(config, checkpoint, ann, tta=tta or "none", **options)
 
 
 def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, project_root=None, dump=None,
@@ -419,7 +385,9 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
     from ckpttool.integrations.openmmlab import build_model, load_checkpoint, quiet_mmengine_logs
 
     t0 = time.perf_counter()
-    with _Dist(launcher, device) as dist, quiet_mmengine_logs():
+    from ckpttool.engine.dist import Dist
+
+    with Dist(launcher, device) as dist, quiet_mmengine_logs():
         model = build_model(cfg, device)
         weights = load_checkpoint(model, checkpoint, strict=True)
         dataset, test_pipeline = build_test_dataset(cfg)
@@ -435,16 +403,18 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
         for s in settings:
             for p in views_of[s.name]:
                 distinct.setdefault(view_key(p), p)
-        fingerprint = {"model": _plain(cfg.model.to_dict()), "dataset": _plain(
-            {k: v for k, v in _innermost(cfg.test_dataloader.dataset).to_dict().items() if k != "pipeline"})}
+        from ckpttool.plain import plain
+
+        fingerprint = {"model": plain(cfg.model, max_depth=1000), "dataset": plain(
+            {k: v for k, v in _innermost(cfg.test_dataloader.dataset).items() if k != "pipeline"}, max_depth=1000)}
         ck_sha = None
         results, cached, passes = {}, [], 0
         t_infer = 0.0
         for key, pipeline in distinct.items():
             if cache:
-                from ckpttool.eval.score_cache import file_sha256
+                from ckpttool.io.hashing import digest
 
-                ck_sha = ck_sha or file_sha256(checkpoint)
+                ck_sha = ck_sha or digest(checkpoint)
                 hit = _cache_load(cache, _cache_key(fingerprint, ck_sha, key), img_paths)
                 if hit is not None:
                     results[key] = hit
@@ -500,7 +470,7 @@ def _run_view(model, pipeline, infos, dist, label):
     from ckpttool.report.progress import progress
 
     compose = Compose(pipeline)
-    mine = list(range(dist.rank, len(infos), dist.world))
+    mine = dist.shard(len(infos))
     res = ViewResult()
     with progress(mine, label=label) as bar, torch.no_grad():
         for i in bar:
@@ -604,7 +574,7 @@ def write_dumps(directory, setting, merged, sub, ann_index):
 
     from mmdet.evaluation import DumpDetResults
 
-    from ckpttool.io.write import atomic_write
+    from ckpttool.io.write import write_bytes
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -621,12 +591,11 @@ def write_dumps(directory, setting, merged, sub, ann_index):
         for k in np.argsort(-s, kind="stable"):
             x1, y1, x2, y2 = b[k]
             lines.append(f"{idx},{x1:.4f},{y1:.4f},{x2 - x1:.4f},{y2 - y1:.4f},{s[k]:.8f}\n")
-    text = "".join(lines).encode()
-    atomic_write(str(d / f"{base}_result.txt"), lambda f: f.write(text), force=True)
+    write_bytes(d / f"{base}_result.txt", "".join(lines).encode(), force=True)
     # DumpDetResults.process makes the records; its compute_metrics would mmengine.dump them (pickle protocol 2)
     dumper = DumpDetResults(out_file_path=str(d / f"{base}.pkl"))
     dumper.process({}, [s.to_dict() for s in merged])
-    atomic_write(str(d / f"{base}.pkl"), lambda f: pickle.dump(dumper.results, f, protocol=2), force=True)
+    write_bytes(d / f"{base}.pkl", pickle.dumps(dumper.results, protocol=2), force=True)
 
 
 def _positions(sub, merged):

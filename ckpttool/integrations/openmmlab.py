@@ -4,7 +4,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +15,49 @@ from ckpttool.errors import CkptError
 
 
 def parse_cfg_value(text: str) -> Any:
-    """A ``--cfg-options`` value: a Python literal (``8``, ``(1, 1)``, ``'x'``, ``None``, ``[1, 2]``, ``{..}``),
-    else what mmengine's DictAction makes of it (``a,b`` -> list, ``true`` -> True), else the string itself."""
+    """A ``--cfg-options`` value as mmengine's ``DictAction`` reads it: a Python literal (``8``, ``(1, 1)``,
+    ``'x'``, ``None``, ``[1, 2]``, ``{..}``), else ``a,b`` -> list, ``[a,b]``/``(a,b)`` -> list/tuple (nested),
+    ``true``/``false``/``none`` (any case) -> True/False/None, else the string itself."""
     text = text.strip()
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         pass
-    from mmengine.config import DictAction
+    return _parse_iterable(text)
 
-    return DictAction._parse_iterable(text)
+
+_CLOSE = {"[": "]", "(": ")"}
+
+
+def _parse_iterable(text: str) -> Any:
+    text = text.strip()
+    if text[:1] in _CLOSE and text[-1:] == _CLOSE[text[0]]:
+        values = [_parse_iterable(p) for p in _split_top(text[1:-1]) if p.strip()]
+        return values if text[0] == "[" else tuple(values)
+    parts = _split_top(text)
+    if len(parts) > 1:
+        return [_parse_iterable(p) for p in parts if p.strip()]
+    return _scalar(text)
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[(") - (ch in "])")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def _scalar(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def parse_cfg_options(options) -> dict:
@@ -41,16 +77,19 @@ def parse_cfg_options(options) -> dict:
     return out
 
 
-def load_config(path, cfg_options: list[str] | dict | None = None):
-    """``mmengine.Config.fromfile(path)`` (``_base_`` resolved) with ``cfg_options`` merged in."""
+def load_config(path, cfg_options: list[str] | dict | None = None, project_root=None):
+    """``mmengine.Config.fromfile(path)`` (``_base_`` resolved, ``custom_imports`` imported with the current
+    directory and ``project_root`` on ``sys.path``, as ``tools/test.py`` run from a project finds them) with
+    ``cfg_options`` merged in."""
     from mmengine.config import Config
 
     path = Path(path)
     if not path.is_file():
         raise CkptError(f"config not found: {path}")
     try:
-        cfg = Config.fromfile(str(path))
-    except Exception as exc:  # syntax errors, missing _base_ files, …
+        with import_paths(project_root):
+            cfg = Config.fromfile(str(path))
+    except Exception as exc:  # syntax errors, missing _base_ files, custom imports that fail, …
         raise CkptError(f"cannot read config {path}: {exc}") from exc
     options = parse_cfg_options(cfg_options)
     if options:
@@ -61,25 +100,106 @@ def load_config(path, cfg_options: list[str] | dict | None = None):
     return cfg
 
 
-def import_scope(scope: str | None) -> None:
-    """Import the registries of ``scope`` (``cfg.default_scope``) and make it mmengine's default scope."""
-    import importlib
+@contextlib.contextmanager
+def import_paths(project_root=None):
+    """The current directory and ``project_root`` at the front of ``sys.path`` for the block (what is
+    imported meanwhile stays imported)."""
+    roots = [str(Path(p).resolve()) for p in (project_root, os.getcwd()) if p]
+    if project_root and not Path(project_root).is_dir():
+        raise CkptError(f"--project-root {project_root}: not a directory")
+    added = [r for r in roots if r not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for r in added:
+            if r in sys.path:
+                sys.path.remove(r)
 
+
+def read_config_file(path) -> dict:
+    """A config file named by the user (.py/.json/.yaml) as plain data, without importing ``custom_imports``."""
+    if not os.path.isfile(path):
+        raise CkptError(f"{path}: no such config file")
+    try:
+        from mmengine.config import Config
+    except ImportError:
+        raise CkptError("reading a config file needs mmengine (pip install mmengine)") from None
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    except Exception as exc:  # mmengine raises many kinds for a bad file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CkptError(f"{path}: cannot read config ({msg})") from None
+    return cfg.to_dict()
+
+
+def inner_dataset(dataset_cfg):
+    """The innermost dataset config (the one with the ``pipeline``), looking through wrappers
+    (``RepeatDataset``, ``ConcatDataset``-like ``dataset=`` nesting)."""
+    node = dataset_cfg
+    while isinstance(node, Mapping) and "pipeline" not in node and isinstance(node.get("dataset"), Mapping):
+        node = node["dataset"]
+    return node
+
+
+def test_dataset_cfg(cfg, split=None):
+    """A deep copy of ``cfg.test_dataloader.dataset`` with ``split`` set on its inner dataset."""
+    import copy
+
+    if "test_dataloader" not in cfg or not cfg.test_dataloader or "dataset" not in cfg.test_dataloader:
+        raise CkptError("the config has no test_dataloader.dataset")
+    dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    if split is not None:
+        inner_dataset(dataset_cfg)["split"] = split
+    return dataset_cfg
+
+
+def build_dataset(dataset_cfg):
+    """The dataset of ``dataset_cfg`` with an empty pipeline (adapters build their own per view key), fully
+    initialised; CkptError naming what failed."""
+    import copy
+
+    from mmengine.registry import DATASETS
+
+    cfg = copy.deepcopy(dataset_cfg)
+    inner_dataset(cfg)["pipeline"] = []
+    try:
+        with quiet_mmengine_logs():
+            dataset = DATASETS.build(cfg)
+            if hasattr(dataset, "full_init"):
+                dataset.full_init()
+    except CkptError:
+        raise
+    except Exception as exc:
+        raise CkptError(f"cannot build the test dataset: {type(exc).__name__}: {exc}") from exc
+    return dataset
+
+
+def import_scope(scope: str | None) -> None:
+    """Import the registries of ``scope`` (``cfg.default_scope``, once per process) and make it mmengine's
+    default scope."""
     from mmengine.registry import init_default_scope
+
+    if scope:
+        _import_registries(scope)
+        init_default_scope(scope)
+
+
+@lru_cache(maxsize=None)
+def _import_registries(scope: str) -> None:
+    import importlib
 
     if scope == "mmaction":
         from ckpttool.integrations.mmaction import import_mmaction
 
         import_mmaction()
-    elif scope:
-        for name in (f"{scope}.registry", f"{scope}.models"):
-            try:
-                importlib.import_module(name)
-            except ImportError as exc:
-                if name.endswith(".registry"):
-                    raise CkptError(f"cannot import the {scope!r} registry (default_scope of the config): {exc}") from exc
-    if scope:
-        init_default_scope(scope)
+        return
+    for name in (f"{scope}.registry", f"{scope}.models"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            if name.endswith(".registry"):
+                raise CkptError(f"cannot import the {scope!r} registry (default_scope of the config): {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -110,12 +230,49 @@ def build_model(cfg, device: str = "cpu"):
         raise
     except Exception as exc:
         raise CkptError(f"cannot build the model of the config: {type(exc).__name__}: {exc}") from exc
-    if hasattr(model, "init_weights"):
-        with quiet_mmengine_logs():
-            model.init_weights()
+    init_weights(model)
     model.to(device)
     model.eval()
     return model
+
+
+def init_weights(model) -> None:
+    """mmengine models start from ``init_weights()`` (logs quieted); a plain nn.Module is initialised by its
+    constructor."""
+    try:
+        from mmengine.model import BaseModule
+    except ImportError:
+        return
+    if isinstance(model, BaseModule) and not getattr(model, "is_init", False):
+        with quiet_mmengine_logs():
+            model.init_weights()
+
+
+def recalibrate_bn(model, cfg, batches: int, config="the config") -> int:
+    """Run up to ``batches`` batches of ``cfg.train_dataloader`` (built as mmengine's Runner builds it, seeded by
+    ``cfg.randomness.seed``) through ``model`` in train mode without gradients, so that BatchNorm layers
+    accumulate their statistics. Returns the number of batches run."""
+    import torch
+    from mmengine.runner import Runner
+
+    seed = (cfg.get("randomness") or {}).get("seed")
+    try:
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
+    except Exception as exc:
+        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        for data in loader:
+            if seen >= batches:
+                break
+            data = model.data_preprocessor(data, True)
+            if isinstance(data, dict):
+                model(**data, mode="tensor")
+            else:
+                model(*data, mode="tensor")
+            seen += 1
+    return seen
 
 
 def _as_tensor(value):

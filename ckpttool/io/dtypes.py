@@ -64,3 +64,18 @@ def from_numpy(np_dtype) -> DType:
             return d
     from ckpttool.errors import CkptError
     raise CkptError(f"no checkpoint dtype for numpy dtype {dt}")
+
+
+def widen_bfloat16(bits, out=None):
+    """bfloat16 bit patterns (uint16) as their exact float32 values: the bits become the high half of a float32.
+
+    ``out``: a 1-D uint32 scratch array of at least ``bits.size`` elements to reuse (for a 1-D chunk ``bits``);
+    without it a new array of ``bits``' shape is returned."""
+    import numpy as np
+
+    if out is None:
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    u = out[: bits.size]
+    np.copyto(u, bits)
+    np.left_shift(u, 16, out=u)
+    return u.view(np.float32)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ckpttool.errors import CkptError
 from ckpttool.io.tensor import TensorRef
 from ckpttool.io.unpickle import Inert
+from ckpttool.plain import plain  # noqa: F401  (re-exported: meta values as plain data)
 
 AUTO_PREFIXES = ("module.", "_orig_mod.")
 MODEL_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "weights", "params")
@@ -147,31 +148,3 @@ def strip_auto_prefixes(sd: StateDict) -> None:
                 stripped += p
                 changed = True
     sd.stripped_prefix = stripped or None
-
-
-def plain(obj, depth: int = 0):
-    """Meta values as plain JSON-able data: tensors and inert objects become short descriptions."""
-    if depth > 20:
-        return "..."
-    if isinstance(obj, dict):
-        return {str(k): plain(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v, depth + 1) for v in obj]
-    if isinstance(obj, TensorRef):
-        if obj.numel == 1:
-            try:
-                return obj.numpy().reshape(-1)[0].item()
-            except Exception:
-                pass
-        return f"tensor({obj.dtype}, {list(obj.shape)})"
-    if isinstance(obj, Inert):
-        return f"<{obj.qualname}>"
-    if isinstance(obj, bytes):
-        return f"<{len(obj)} bytes>"
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item") and getattr(obj, "size", 2) == 1:
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)

@@ -12,7 +12,7 @@ import os
 import threading
 
 from ckpttool.errors import FormatError
-from ckpttool.io.dtypes import DType
+from ckpttool.io.dtypes import DType, widen_bfloat16
 
 MAX_ELEMENTS = 1 << 50  # a sanity bound on claimed sizes; real bounds come from the file size
 
@@ -189,7 +189,7 @@ class TensorRef:
 
         arr = self.raw()
         if self.dtype == "bfloat16":
-            return (arr.astype(np.uint32) << 16).view(np.float32)
+            return widen_bfloat16(arr)
         if self.storage.dtype.numpy is None:
             raise FormatError(f"cannot convert {self.dtype} values to numpy")
         return arr

@@ -25,14 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from ckpttool.errors import CkptError
+from ckpttool.metrics.constants import SETUPS
 from ckpttool.metrics.kaist_io import Annotations, Detections, load_annotations, load_detections
 
-SETUPS = {  # name -> (height range, occlusion levels), from the MLPD script's KAISTParams
-    "Reasonable": ((55, 1e5 ** 2), (0, 1)),
-    "Reasonable_small": ((50, 75), (0, 1)),
-    "Reasonable_occ=heavy": ((50, 1e5 ** 2), (2,)),
-    "All": ((20, 1e5 ** 2), (0, 1, 2)),
-}
 BOUNDS = (5, 5, 635, 507)
 FPPI_MLPD = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000])
 FPPI_MATLAB = 10.0 ** np.arange(-2, 0.25, 0.25)

@@ -1,6 +1,6 @@
 """NTU60 recognition metrics with mmaction2's exact semantics, and ensembles as its report_accuracy.py.
 
-Reusable entry point (also used by ``ckpttool.eval.tta``)::
+Reusable entry point (also used by the recogniser adapter, ``ckpttool.integrations.mmaction_recognizer``)::
 
     ntu_rows(scores: dict[str, np.ndarray], labels: np.ndarray, fusions: bool = True) -> list[dict]
 
@@ -25,8 +25,9 @@ import os
 import numpy as np
 
 from ckpttool.errors import CkptError
+from ckpttool.metrics.constants import AGGREGATES
+from ckpttool.options import parse_clips
 
-AGGREGATES = ("prob", "score", "max")
 FUSIONS = {"RGBPose_1:1": (1, 1), "RGBPose_2:1": (2, 1), "RGBPose_1:2": (1, 2)}
 
 
@@ -118,7 +119,7 @@ def evaluate_scores(files: dict, labels: np.ndarray, clips=None, aggregate: str 
         raise CkptError(f"{len(coefficients)} coefficients for {len(files)} prediction files")
     coefficients = list(coefficients) if coefficients is not None else [1.0] * len(files)
     total = max(num_views(s) for s in files.values())
-    ks = sorted({int(k) for k in clips}) if clips else []
+    ks = parse_clips(clips) if clips else []
     bad = [k for k in ks if k < 1 or k > total]
     if bad:
         raise CkptError(f"--clips {bad[0]}: the predictions have {total} view(s) per sample")

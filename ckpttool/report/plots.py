@@ -36,13 +36,20 @@ def check_plot_path(path: str) -> None:
         raise CkptError(f"--plot {path}: directory {os.path.dirname(os.path.abspath(path))} does not exist")
 
 
-def _save(fig, plt, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+def _save(fig, plt, path, force: bool = False, inputs=()):
+    """Rendered in memory, then written through the one atomic writer: a full disk never leaves half a file."""
+    import io
+
+    from ckpttool.io.write import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(path)[1].lower()[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
+    write_bytes(path, buf.getbuffer(), force=force, inputs=inputs)
     return path
 
 
-def plot_miss_rate(methods: list, path: str, subsets=("all", "day", "night")) -> str:
+def plot_miss_rate(methods: list, path: str, subsets=("all", "day", "night"), *, force=False, inputs=()) -> str:
     """methods: [{"name", "MR": {subset: %}, "curves": {subset: {"fppi": array, "miss_rate": array}}}]."""
     plt = _pyplot(path)
     fig, axes = plt.subplots(1, len(subsets), figsize=(6 * len(subsets), 5), squeeze=False)
@@ -67,10 +74,10 @@ def plot_miss_rate(methods: list, path: str, subsets=("all", "day", "night")) ->
         ax.set_ylabel("miss rate")
         ax.set_title(sub.capitalize())
         ax.legend(loc="lower left")
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, force, inputs)
 
 
-def plot_clips(clips: list, path: str, metric: str = "top1") -> str:
+def plot_clips(clips: list, path: str, metric: str = "top1", *, force=False, inputs=()) -> str:
     """clips: [{"k", "rows": [{"name", metric}]}] -> accuracy vs views, one line per row name."""
     plt = _pyplot(path)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -84,10 +91,10 @@ def plot_clips(clips: list, path: str, metric: str = "top1") -> str:
     ax.set_ylabel(f"{metric} accuracy (%)")
     ax.grid(True, alpha=0.4)
     ax.legend()
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, force, inputs)
 
 
-def plot_confusion(confusion, labels, path: str, title: str = "") -> str:
+def plot_confusion(confusion, labels, path: str, title: str = "", *, force=False, inputs=()) -> str:
     """Row-normalised confusion matrix (true class per row)."""
     import numpy as np
 
@@ -109,4 +116,4 @@ def plot_confusion(confusion, labels, path: str, title: str = "") -> str:
     if title:
         ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, force, inputs)

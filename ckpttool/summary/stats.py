@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ckpttool.io.dtypes import widen_bfloat16
+
 CHUNK = 1 << 17  # elements per chunk (512 KiB of float32: stays in L2 while reduced four times)
 _ONES = {}
 
@@ -83,7 +85,7 @@ def chunks(t):
     for start in range(0, raw.size, CHUNK):
         part = raw[start: start + CHUNK]
         if t.dtype == "bfloat16":
-            part = (part.astype(np.uint32) << 16).view(np.float32)
+            part = widen_bfloat16(part)
         elif t.dtype == "float16":
             part = part.astype(np.float32)
         elif t.dtype == "bool":

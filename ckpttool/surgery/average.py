@@ -8,9 +8,7 @@ never imported. Integer/bool tensors are never averaged: `int_buffers` picks the
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import mmap
 import os
 import re
 import threading
@@ -18,6 +16,8 @@ import zlib
 from collections import deque
 
 from ckpttool.errors import CkptError
+from ckpttool.io.dtypes import widen_bfloat16
+from ckpttool.io.hashing import digest
 
 CHUNK = 1 << 18  # elements per accumulation chunk (2 MiB of float64; measured fastest of 8K..256K)
 PROGRESS_BYTES = 64 << 20  # a progress bar (stderr, TTY only) from this output size on
@@ -118,14 +118,9 @@ def _flat(ref):
 
 def _as_float(src, dtype: str, scratch):
     """A chunk of raw values as something numpy adds exactly into float64 (bfloat16: its float32 bits)."""
-    import numpy as np
-
     if dtype != "bfloat16":
         return src
-    u = scratch[: src.size]
-    np.copyto(u, src)
-    np.left_shift(u, 16, out=u)
-    return u.view(np.float32)
+    return widen_bfloat16(src, scratch)
 
 
 def bf16_bits(f32):
@@ -208,20 +203,6 @@ def pick_int(key: str, refs, rule: str, names) -> tuple[object, str | None]:
 
 
 # --- provenance -----------------------------------------------------------------------------------------------
-def sha256_of(path: str) -> str:
-    """sha256 of a file through its memory map (a folder: of its files' bytes in sorted order)."""
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    for p in files:
-        with open(p, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                continue
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                h.update(mm)
-    return h.hexdigest()
-
-
 class Hasher(threading.Thread):
     """sha256 of the inputs in the background (hashlib releases the GIL), overlapping the averaging."""
 
@@ -232,7 +213,7 @@ class Hasher(threading.Thread):
     def run(self):
         try:
             for p in self.paths:
-                self.digests[os.path.abspath(p)] = sha256_of(p)
+                self.digests[os.path.abspath(p)] = digest(p)
         except OSError as exc:
             self.error = exc
 
@@ -420,9 +401,8 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     model of the mmengine `config`, load the weights through the safe reader, reset every BN layer to a
     cumulative average (momentum None) and run `batches` batches of `train_dataloader` in train mode."""
     import torch
-    from mmengine.runner import Runner
 
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, load_config, recalibrate_bn
     from ckpttool.io import load
     from ckpttool.io.layout import plain
     from ckpttool.io.write import save
@@ -440,23 +420,7 @@ def update_bn(path: str, config: str, batches: int = 100, cfg_options=None) -> d
     for m in bns.values():
         m.reset_running_stats()
         m.momentum = None
-    seed = (cfg.get("randomness") or {}).get("seed")
-    try:
-        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    except Exception as exc:
-        raise CkptError(f"cannot build train_dataloader of {config}: {type(exc).__name__}: {exc}") from exc
-    model.train()
-    seen = 0
-    with torch.no_grad():
-        for data in loader:
-            if seen >= batches:
-                break
-            data = model.data_preprocessor(data, True)
-            if isinstance(data, dict):
-                model(**data, mode="tensor")
-            else:
-                model(*data, mode="tensor")
-            seen += 1
+    seen = recalibrate_bn(model, cfg, batches, config)
     new = {}
     for name, m in bns.items():
         for buf in ("running_mean", "running_var", "num_batches_tracked"):

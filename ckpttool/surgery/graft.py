@@ -6,12 +6,12 @@ write (`ckpttool.io.write.save`, atomic, verified before the rename).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
+from ckpttool.io.hashing import digest
 from ckpttool.report.output import human_count
 from ckpttool.report.progress import log
 from ckpttool.summary.tree import default_depth, module_of
@@ -201,23 +201,9 @@ def build_report(plan: R.Plan, sources: list[Source], target, depth: int | None 
 
 
 def _source_info(s: Source) -> dict:
-    return {"prefix": s.prefix, "path": s.path, "sha256": sha256_of(s.path), "format": s.ck.format,
+    return {"prefix": s.prefix, "path": s.path, "sha256": digest(s.path), "format": s.ck.format,
             "layout": s.ck.layout.kind, "stripped_prefix": s.sd.stripped_prefix, "tensors": len(s.sd),
             "params": s.sd.total_params}
-
-
-def sha256_of(path: str) -> str:
-    """sha256 of a file, or of a folder's files (sorted relative paths and contents)."""
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    for p in files:
-        if p != path:
-            h.update(os.path.relpath(p, path).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _count(values) -> dict:

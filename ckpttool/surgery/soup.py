@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
-import tempfile
 
 from ckpttool.errors import CkptError
 from ckpttool.report.progress import log
@@ -64,7 +62,7 @@ def greedy_soup(candidates: list[str], out: str, eval_cmd: str, metric: str, mod
                 known: dict | None = None, force: bool = False, **avg_kwargs) -> dict:
     """Greedy soup of `candidates` (paths, in training order) into `out`. `known` maps path -> metric used for the
     ordering (e.g. from the work_dir logs); candidates without one are evaluated with `eval_cmd`."""
-    from ckpttool.io.write import check_output
+    from ckpttool.io.write import check_output, scratch_file
 
     if "{ckpt}" not in (eval_cmd or ""):
         raise CkptError("--greedy needs --eval-cmd 'COMMAND {ckpt}' (the placeholder is replaced by each path)")
@@ -86,22 +84,18 @@ def greedy_soup(candidates: list[str], out: str, eval_cmd: str, metric: str, mod
     soup_metric = evaluated[first] if first in evaluated else run_eval(eval_cmd, first, metric)
     kept = [first]
     steps = [{"candidate": first, "metric": scores[first], "soup_metric": soup_metric, "kept": True}]
-    tmp = tempfile.mkdtemp(prefix=".ckpt-soup-", dir=os.path.dirname(os.path.abspath(out)))
-    try:
-        for i, p in enumerate(order[1:], 1):
-            trial = os.path.join(tmp, f"trial_{i}{'.safetensors' if out.endswith('.safetensors') else '.pth'}")
-            members = [c for c in candidates if c in kept or c == p]
+    suffix = ".safetensors" if out.endswith(".safetensors") else ".pth"
+    for i, p in enumerate(order[1:], 1):
+        members = [c for c in candidates if c in kept or c == p]
+        with scratch_file(out, suffix) as trial:   # removed after the evaluation, on errors and on SIGTERM
             average(members, trial, hash_inputs=False, **avg_kwargs)
             value = run_eval(eval_cmd, trial, metric)
-            os.unlink(trial)
-            keep = sign * (value - soup_metric) >= 0
-            steps.append({"candidate": p, "metric": scores[p], "soup_metric": value, "kept": keep})
-            log(f"soup: + {os.path.basename(p)}: {metric} {value:.6g} ({'kept' if keep else 'dropped'})")
-            if keep:
-                kept.append(p)
-                soup_metric = value
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        keep = sign * (value - soup_metric) >= 0
+        steps.append({"candidate": p, "metric": scores[p], "soup_metric": value, "kept": keep})
+        log(f"soup: + {os.path.basename(p)}: {metric} {value:.6g} ({'kept' if keep else 'dropped'})")
+        if keep:
+            kept.append(p)
+            soup_metric = value
     ingredients = [c for c in candidates if c in kept]
     extra = {"greedy": {"metric": metric, "mode": mode, "eval_cmd": eval_cmd, "soup_metric": soup_metric,
                         "steps": [dict(s, candidate=os.path.abspath(s["candidate"])) for s in steps]}}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import sys
 from collections import OrderedDict
 
 from ckpttool.errors import CkptError
@@ -116,35 +115,21 @@ def _module_target(make, kind, spec, seed, init):
         if not isinstance(model, torch.nn.Module):
             raise CkptError(f"target {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
         if init:
-            _init_weights(model)
+            from ckpttool.integrations.openmmlab import init_weights
+
+            init_weights(model)
     return ModuleTarget(model, kind, spec)
-
-
-def _init_weights(model) -> None:
-    """mmengine models start from `init_weights()`; a plain nn.Module is initialised by its constructor."""
-    try:
-        from mmengine.model import BaseModule
-    except ImportError:
-        return
-    if isinstance(model, BaseModule) and not getattr(model, "is_init", False):
-        from ckpttool.integrations.openmmlab import quiet_mmengine_logs
-
-        with quiet_mmengine_logs():
-            model.init_weights()
 
 
 def _call_factory(spec: str):
     module_name, _, attr = spec.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:  # like `python -m`, let a factory in the working directory be found
-        sys.path.insert(0, os.getcwd())
+    from ckpttool.integrations.openmmlab import import_paths
+
     try:
-        module = importlib.import_module(module_name)
+        with import_paths():  # like `python -m`, let a factory in the working directory be found
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CkptError(f"cannot import the factory module {module_name!r}: {exc}") from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)

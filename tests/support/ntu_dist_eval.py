@@ -8,7 +8,7 @@ import sys
 
 
 def main(spec: str) -> None:
-    from ckpttool.eval.tta import evaluate_model
+    from ckpttool.integrations.mmaction_recognizer import evaluate_model
     from tests.support.ntu_fixtures import model_setups
 
     args = json.loads(open(spec).read())

@@ -113,7 +113,7 @@ def mmaction_test_dump(config, options: dict, checkpoint, k: int, work_dir, limi
     from pathlib import Path
 
     import torch
-    from ckpttool.eval.sampling import find_sampling_steps
+    from ckpttool.integrations.sampling import find_sampling_steps
     from ckpttool.integrations.mmaction import import_mmaction
     from ckpttool.integrations.openmmlab import load_config
     from mmengine.runner import Runner

@@ -78,9 +78,9 @@ def stream_kind(pipeline) -> str:
 
 def dataset_pipeline(dataset_cfg) -> list:
     """The ``pipeline`` of a dataset config, looking through dataset wrappers (``RepeatDataset`` …)."""
-    node = dataset_cfg
-    while isinstance(node, Mapping):
-        if "pipeline" in node:
-            return node["pipeline"]
-        node = node.get("dataset")
-    raise CkptError("the test dataset config has no `pipeline`")
+    from ckpttool.integrations.openmmlab import inner_dataset
+
+    node = inner_dataset(dataset_cfg)
+    if not isinstance(node, Mapping) or "pipeline" not in node:
+        raise CkptError("the test dataset config has no `pipeline`")
+    return node["pipeline"]

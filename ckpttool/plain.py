@@ -1,0 +1,56 @@
+"""The one plain-data converter: anything the reader, mmengine or numpy hands us -> JSON-able dicts/lists/scalars.
+
+Used for checkpoint meta (``io.layout``), config dicts (``comparison.configdiff``, the eval cache fingerprint) and
+every ``--format json`` object (``report.output.to_jsonable``)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def _reader_types():
+    from ckpttool.io.tensor import TensorRef
+    from ckpttool.io.unpickle import Inert
+
+    return TensorRef, Inert
+
+
+def plain(obj, depth: int = 0, *, finite: bool = False, max_depth: int = 20):
+    """Mappings (ConfigDicts too) become dicts with str keys; lists, tuples and sets lists; a one-element
+    TensorRef its value, others ``"tensor(dtype, [shape])"``; inert objects ``"<qualname>"``; bytes
+    ``"<n bytes>"``; numpy scalars and arrays numbers and lists; anything else its ``str``. Deeper than
+    ``max_depth``: ``"..."``. ``finite``: non-finite floats become strings (``"nan"``), as JSON needs."""
+    if depth > max_depth:
+        return "..."
+    kw = {"finite": finite, "max_depth": max_depth}
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v, depth + 1, **kw) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [plain(v, depth + 1, **kw) for v in obj]
+    if isinstance(obj, float):
+        return str(obj) if finite and not math.isfinite(obj) else obj
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    tensor_ref, inert = _reader_types()
+    if isinstance(obj, tensor_ref):
+        return _tensor(obj, depth, kw)
+    if isinstance(obj, inert):
+        return f"<{obj.qualname}>"
+    if isinstance(obj, bytes):
+        return f"<{len(obj)} bytes>"
+    if hasattr(obj, "item") and getattr(obj, "size", 2) == 1:
+        return plain(obj.item(), depth + 1, **kw)
+    if hasattr(obj, "tolist"):
+        return plain(obj.tolist(), depth + 1, **kw)
+    return str(obj)
+
+
+def _tensor(t, depth, kw):
+    if t.numel == 1:
+        try:
+            return plain(t.numpy().reshape(-1)[0].item(), depth + 1, **kw)
+        except Exception:
+            pass
+    return f"tensor({t.dtype}, {list(t.shape)})"

@@ -1,0 +1,90 @@
+"""The import graph matches docs/architecture.md: heavy libraries only where its table says, inside functions;
+commands that read files only never import torch."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ckpttool"
+
+
+def _contract() -> dict[str, list[str]]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("<!-- import-contract -->")[1].split("<!-- /import-contract -->")[0]
+    rules = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rules[cells[0].strip("`")] = re.findall(r"`([^`]+)`", cells[1])
+    return rules
+
+
+def _imports(path: Path):
+    """(top-level package, line, at module top level?) of every absolute import in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(n) for n in tree.body}
+    for node in tree.body:  # imports directly under `if`/`try` at module level are top-level too
+        if isinstance(node, (ast.If, ast.Try)):
+            top |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            yield name.split(".")[0], node.lineno, id(node) in top
+
+
+def test_the_contract_table_is_there():
+    rules = _contract()
+    assert {"torch", "mmengine", "mmaction", "mmdet", "matplotlib"} <= set(rules)
+    assert rules["mmengine"] == ["ckpttool/integrations/"] and rules["matplotlib"] == ["ckpttool/report/plots.py"]
+
+
+def test_heavy_imports_only_where_the_architecture_says_and_lazily():
+    rules = _contract()
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for lib, line, at_top in _imports(path):
+            if lib not in rules:
+                continue
+            if not any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in rules[lib]):
+                wrong.append(f"{rel}:{line} imports {lib}")
+            elif at_top:
+                wrong.append(f"{rel}:{line} imports {lib} at module top level")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_scan_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\n\ndef f():\n    from mmengine.config import Config\n")
+    assert [(lib, top) for lib, _, top in _imports(bad)] == [("torch", True), ("mmengine", False)]
+
+
+def _no_torch(*args: str) -> None:
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom ckpttool.cli.main import cli\n"
+            f"r = CliRunner().invoke(cli, {list(args)!r})\n"
+            "assert r.exit_code == 0, r.output\n"
+            "heavy = sorted(m for m in ('torch', 'mmengine', 'mmaction', 'matplotlib') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ntu60_metrics_from_files_never_import_torch():
+    demo = ROOT / "fixtures" / "mmaction2-fuse-demo"
+    _no_torch("eval", "--task", "ntu60", "--preds", str(demo / "joint.pkl"), str(demo / "bone.pkl"),
+              "--clips", "1", "--format", "json")
+
+
+def test_kaist_metrics_from_files_never_import_torch():
+    kaist = ROOT / "fixtures" / "kaist"
+    _no_torch("eval", "--task", "kaist", "--preds", str(kaist / "detections" / "MLPD_result.txt"),
+              "--ann", str(kaist / "KAIST_annotation.json"), "--format", "csv")
