@@ -238,7 +238,7 @@ def _from_txt(path, ann):
     _first_bad(path, (arr[:, 3:5] < 0).any(axis=1), lambda k: numbers[k] + 1,
                lambda k: "box width and height must not be negative")
     idx = arr[:, 0]
-    n = len(ann.image_ids)
+    n = int(ann.image_ids[-1]) + 1   # image_index - 1 is the image id (= the position in the full KAIST set)
     bad = (idx != np.round(idx)) | (idx < 1) | (idx > n)
     if bad.any():
         k = int(np.argmax(bad))
