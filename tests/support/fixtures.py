@@ -1216,7 +1216,12 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, sentinel_dir=None, log
 
 
 def _write_kaist_mmdet(out_dir) -> dict:
-    from tests.support.kaist_twostream.fixture import write_kaist_mmdet
+    # imported as the top-level package `kaist_twostream`, the name its configs' custom_imports use (mmengine's
+    # registries refuse a second registration under another module name)
+    support = str(REPO_ROOT / "tests" / "support")
+    if support not in sys.path:
+        sys.path.insert(0, support)
+    from kaist_twostream.fixture import write_kaist_mmdet
 
     return write_kaist_mmdet(out_dir)
 
