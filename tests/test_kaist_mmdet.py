@@ -275,3 +275,21 @@ def test_bad_tta_and_unknown_images_are_one_line_errors(kx, tmp_path):
     ann.write_text(json.dumps(other))
     with pytest.raises(FormatError, match=r"img_path .* names no image of the annotation file"):
         _eval(kx, ann=str(ann), limit=1)
+
+
+def test_launcher_pytorch_shards_the_images_and_gives_the_single_process_rows(kx, tmp_path):
+    args = ["eval", kx["config"], kx["checkpoint"], "--task", "kaist", "--ann", kx["test_ann"], "--limit", "4",
+            "--tta", "none,flip", "--device", "cpu", "--format", "json", "--project-root", str(SUPPORT)]
+    single = _cli(args, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ckpttool"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    dist = subprocess.run(torchrun + args + ["--launcher", "pytorch", "--dump", str(tmp_path / "d")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert dist.returncode == 0, dist.stderr[-2000:]
+    a, b = json.loads(single.stdout), json.loads(dist.stdout)   # exactly one JSON object: rank 0 prints
+    assert b["world_size"] == 2 and b["views"]["forward_passes"] == a["views"]["forward_passes"] == 8
+    for x, y in zip(a["methods"], b["methods"]):
+        assert x["MR"] == y["MR"] and x["evaluator"] == y["evaluator"] and x["AP50"] == y["AP50"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["flip.pkl", "flip_result.txt", "none.pkl",
+                                                                   "none_result.txt"]

@@ -427,9 +427,7 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
             results[key] = res
             if cache and dist.rank == 0:
                 _cache_save(cache, _cache_key(fingerprint, ck_sha, key), img_paths, res)
-        if dist.rank != 0:
-            return {}
-
+        # every rank holds the gathered views: the rows are computed on each (as the engine does), files on rank 0
         merger = build_merger(cfg, model) if any(len(v) > 1 for v in views_of.values()) else None
         methods = []
         sub = _subset(annotation, ann_index)
@@ -441,13 +439,13 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
             head = row["protocols"][protocol]
             row = {"name": s.name, "MR": head["MR"], "recall": head["recall"], **row, "file": None}
             row["views"] = keys
-            row["evaluator"] = _run_evaluator(cfg, dataset, infos, merged)
+            row["evaluator"] = _run_evaluator(cfg, dataset, infos, merged, dist)
             row["notes"] = K.explain(row)
             methods.append(row)
-            if dump:
+            if dump and dist.rank == 0:
                 write_dumps(dump, s.name, merged, sub, ann_index)
     return {
-        "task": "kaist", "mode": "model", "config": str(config), "checkpoint": str(checkpoint),
+        "task": "kaist", "mode": "model", "world_size": dist.world, "config": str(config), "checkpoint": str(checkpoint),
         "protocol": protocol, "setup": setup, "annotation": str(ann), "device": device,
         "limit": None if limit is None else n, "num_test_images": len(dataset),
         "num_images": {"all": int(len(sub.image_ids)), "day": int(sub.day.sum()), "night": int((~sub.day).sum())},
@@ -542,8 +540,9 @@ def _gt(info):
     return out
 
 
-def _run_evaluator(cfg, dataset, infos, merged) -> dict:
-    """The config's ``test_evaluator`` on the merged predictions (its metrics under mmengine's names)."""
+def _run_evaluator(cfg, dataset, infos, merged, dist) -> dict:
+    """The config's ``test_evaluator`` on the merged predictions (its metrics under mmengine's names). Under
+    torchrun each rank processes its own shard, and mmengine's ``Evaluator`` gathers them in sampler order."""
     from mmengine.evaluator import Evaluator
 
     evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
@@ -551,7 +550,9 @@ def _run_evaluator(cfg, dataset, infos, merged) -> dict:
     samples = []
     from mmdet.structures import DetDataSample
 
-    for info, s in zip(infos, merged):
+    mine = dist.shard(len(infos)) if dist.world > 1 else range(len(infos))
+    for i in mine:
+        info, s = infos[i], merged[i]
         e = DetDataSample(metainfo=s.metainfo)
         e.pred_instances = s.pred_instances
         e.gt_instances, e.ignored_instances = _gt(info)
@@ -559,7 +560,7 @@ def _run_evaluator(cfg, dataset, infos, merged) -> dict:
     for i in range(0, len(samples), 64):
         evaluator.process(samples[i:i + 64])
     return {k: float(v) if isinstance(v, (int, float, np.floating)) else v
-            for k, v in evaluator.evaluate(len(samples)).items()}
+            for k, v in evaluator.evaluate(len(infos)).items()}
 
 
 def dump_name(setting: str) -> str:
@@ -593,7 +594,12 @@ def write_dumps(directory, setting, merged, sub, ann_index):
             lines.append(f"{idx},{x1:.4f},{y1:.4f},{x2 - x1:.4f},{y2 - y1:.4f},{s[k]:.8f}\n")
     write_bytes(d / f"{base}_result.txt", "".join(lines).encode(), force=True)
     # DumpDetResults.process makes the records; its compute_metrics would mmengine.dump them (pickle protocol 2)
-    dumper = DumpDetResults(out_file_path=str(d / f"{base}.pkl"))
+    import logging
+
+    from ckpttool.integrations.openmmlab import quiet_mmengine_logs
+
+    with quiet_mmengine_logs(logging.ERROR):   # its "prefix is not set" warning would go to stdout
+        dumper = DumpDetResults(out_file_path=str(d / f"{base}.pkl"))
     dumper.process({}, [s.to_dict() for s in merged])
     write_bytes(d / f"{base}.pkl", pickle.dumps(dumper.results, protocol=2), force=True)
 
