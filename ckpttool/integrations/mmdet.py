@@ -470,11 +470,14 @@ def _run_view(model, pipeline, infos, dist, label):
     compose = Compose(pipeline)
     mine = dist.shard(len(infos))
     res = ViewResult()
-    with progress(mine, label=label) as bar, torch.no_grad():
-        for i in bar:
+    t0 = time.perf_counter()
+    with progress(mine, length=len(mine), label=label) as bar, torch.no_grad():
+        for count, i in enumerate(bar, 1):
             data = compose(copy.deepcopy(infos[i]))
             out = model.test_step(pseudo_collate([data]))
             res.add(out[0])
+            if hasattr(bar, "label"):
+                bar.label = f"{label} {count / max(time.perf_counter() - t0, 1e-9):.1f} images/s"
     parts = dist.gather((mine, res))
     if dist.world == 1:
         return res, len(mine)

@@ -52,6 +52,9 @@ manifest: ``runs`` = {'sgd': run, 'adamw': run}; each run::
           check_keys: [...], ema_sums: {key: sum of EMA weights == sum(state_dict[key])},
           raw_sums: {key: sum of raw weights == sum(ema_state_dict['module.'+key])}}
 
+``kaist_mmdet/`` — only on request (``--only kaist_mmdet``, in ``.venv-mmdet``): painted KAIST pairs and a tiny
+two-stream Faster R-CNN trained on them by a real Runner; files and manifest in tests/support/kaist_twostream/fixture.py.
+
 ``layouts/`` — :func:`write_layouts`: for each name in :data:`LAYOUTS`, ``layouts/<name>.pth`` =
 ``{'meta': {...}, 'state_dict': OrderedDict}`` (torch zip) with the exact key set of ``fixtures/keys/<name>.txt``;
 shapes scaled by :func:`scaled_shapes` (every dim >= 16 is ``// 8``, smaller dims kept), values from
