@@ -1,15 +1,22 @@
-"""`ckpt average` against the common approach (timm's avg_checkpoints.py: torch.load every checkpoint fully,
-accumulate in float64, torch.save), on 3 checkpoints of 145 MB and 3 of 300 MB.
+"""`ckpt average` against the two usual ways to average N checkpoints of ~145 MB (N = 3 and 8 by default):
 
-    .venv/bin/python benchmarks/bench_average.py [--sizes 145,300] [--repeat 3]
+- timm-style (timm's avg_checkpoints.py): torch.load every checkpoint fully, accumulate in float64, torch.save;
+- torch-mmap streaming: torch.load(mmap=True, weights_only=True) of all inputs, then per tensor a float64
+  accumulator (`add_` of each input's tensor, no full float64 copy of any input), divided and cast back, torch.save.
 
-Each command runs as its own process (so the import of torch counts). Wall time: from Popen to exit. Memory: the
-process's /proc/PID/status is polled every 5 ms for RssAnon (anonymous memory: file-backed pages of memory-mapped
-inputs and of the page cache are not counted) and VmRSS; the peak is reported, with ru_maxrss from wait4 as a
-cross-check of VmRSS. Inputs are written once (numpy, through ckpt's writer: torch zip files torch.load reads) into
-a temp dir that is deleted afterwards; all runs see them in the page cache. Medians (and the minimum wall time)
-over --repeat runs, the commands interleaved; the load average is printed since the machine may be shared.
-Also measured: the share of sha256 (provenance) in ckpt's time, and float64 vs compensated float32 accumulation.
+    .venv/bin/python benchmarks/bench_average.py [--inputs 3,8] [--sizes 145] [--repeat 3] [--before DIR]
+
+Neither baseline hashes its inputs, verifies what it wrote or fsyncs; `ckpt average` does all three (sha256
+provenance of every input, every written byte read back against its CRC32, fsync of file and directory).
+`--before DIR` also runs `ckpt average` from another checkout (e.g. `git worktree add /tmp/before main`), in the
+same interleaved loop, for before/after figures. Each command runs as its own process (so the import of torch
+counts). Wall time: from Popen to exit. Memory: the process's /proc/PID/status is polled every 5 ms for RssAnon
+(anonymous memory: file-backed pages of memory-mapped inputs and of the page cache are not counted) and VmRSS; the
+peak is reported, with ru_maxrss from wait4 as a cross-check of VmRSS. Inputs are written once (numpy, through
+ckpt's writer: torch zip files torch.load reads) into a temp dir that is deleted afterwards; all runs see them in
+the page cache (warm cache). Medians (and the minimum wall time) over --repeat runs, the commands interleaved; the
+load average is printed since the machine may be shared: compare ratios from one run, not figures across runs.
+Also measured: float64 vs compensated float32 accumulation.
 """
 from __future__ import annotations
 
@@ -44,6 +51,23 @@ info = torch.finfo(torch.float32)
 torch.save({k: v.clamp(info.min, info.max).to(dtype=torch.float32) for k, v in avg.items()}, out)
 """
 
+TORCH_MMAP = """
+import sys, torch
+paths, out = sys.argv[1:-1], sys.argv[-1]
+sds = [torch.load(c, map_location="cpu", weights_only=True, mmap=True)["state_dict"] for c in paths]
+avg = {}
+with torch.no_grad():
+    for k, v in sds[0].items():          # one tensor at a time, inputs never copied whole
+        if not v.is_floating_point():
+            avg[k] = sds[-1][k].clone()    # integer buffers: the last input's, as ckpt's --int-buffers last
+            continue
+        acc = v.to(torch.float64)
+        for sd in sds[1:]:
+            acc.add_(sd[k])                # float32 operand accumulated in float64, no float64 copy of it
+        avg[k] = acc.div_(len(sds)).to(v.dtype)
+torch.save({"state_dict": avg}, out)
+"""
+
 NO_HASH = """
 import sys
 from ckpttool.surgery.average import average
@@ -51,7 +75,7 @@ average(sys.argv[1:-1], sys.argv[-1], hash_inputs=False)
 """
 
 
-def make_inputs(directory: str, mb: int, n: int = 3) -> tuple[list[str], int]:
+def make_inputs(directory: str, mb: int, n: int) -> tuple[list[str], int]:
     """n checkpoints of about `mb` MB: conv/linear-like float32 tensors, BN vectors and int64 counters."""
     import numpy as np
 
@@ -61,6 +85,7 @@ def make_inputs(directory: str, mb: int, n: int = 3) -> tuple[list[str], int]:
     target = mb * 1_000_000
     paths = []
     for i in range(n):
+        p = os.path.join(directory, f"in{mb}_{i}.pth")
         rng = np.random.default_rng(i)
         sd, total, j = {}, 0, 0
         while total < target:
@@ -70,8 +95,8 @@ def make_inputs(directory: str, mb: int, n: int = 3) -> tuple[list[str], int]:
             if j % len(shapes) == 3:
                 sd[f"layer{j // len(shapes)}.bn.num_batches_tracked"] = np.array(100 + i, dtype=np.int64)
             j += 1
-        p = os.path.join(directory, f"in{mb}_{i}.pth")
-        save(p, sd, meta={"epoch": i + 1})
+        if not os.path.exists(p):   # inputs for N=8 reuse those made for N=3
+            save(p, sd, meta={"epoch": i + 1})
         paths.append(p)
     return paths, total
 
@@ -107,26 +132,39 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def bench_size(directory: str, mb: int, repeat: int) -> dict:
-    paths, sd_bytes = make_inputs(directory, mb)
+def bench(directory: str, mb: int, n: int, repeat: int, before: str | None) -> dict:
+    paths, sd_bytes = make_inputs(directory, mb, n)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=ROOT)
-    base_out, ours_out, nohash_out = (os.path.join(directory, f"{n}{mb}.pth") for n in ("base", "ours", "nohash"))
-    cmds = {"baseline": [py, "-c", BASELINE, *paths, base_out],
-            "ckpt": [py, "-m", "ckpttool", "average", *paths, "-o", ours_out, "--force", "-q", "--format", "json"],
-            "ckpt_no_sha256": [py, "-c", NO_HASH, *paths, nohash_out]}
+    outs = {name: os.path.join(directory, f"{name}{mb}x{n}.pth") for name in COMMANDS}
+    ckpt = ["-m", "ckpttool", "average", *paths, "-q", "--format", "json", "-o"]
+    cmds = {"timm-style": ([py, "-c", BASELINE, *paths, outs["timm-style"]], env),
+            "torch-mmap": ([py, "-c", TORCH_MMAP, *paths, outs["torch-mmap"]], env),
+            "ckpt": ([py, *ckpt, outs["ckpt"]], env),
+            "ckpt_no_sha256": ([py, "-c", NO_HASH, *paths, outs["ckpt_no_sha256"]], env)}
+    if before:
+        cmds["ckpt_before"] = ([py, *ckpt, outs["ckpt_before"]], dict(os.environ, PYTHONPATH=before))
     results = {name: [] for name in cmds}
     for _ in range(repeat):
-        for name, cmd in cmds.items():
-            if name == "ckpt_no_sha256" and os.path.exists(nohash_out):
-                os.unlink(nohash_out)
-            results[name].append(measure(cmd, env))
-    t0 = time.perf_counter()
-    from ckpttool.io.hashing import digest
-    for p in paths:
-        digest(p)
-    sha = time.perf_counter() - t0
-    return {"mb": mb, "sd_bytes": sd_bytes, "sha256_s": sha, **{k: median_of(v) for k, v in results.items()}}
+        for name, (cmd, e) in cmds.items():
+            if os.path.exists(outs[name]):   # every run writes a new file (no --force: no unlink of the old one)
+                os.unlink(outs[name])
+            results[name].append(measure(cmd, e))
+    return {"mb": mb, "n": n, "sd_bytes": sd_bytes, "same": same_values(outs["ckpt"], outs["torch-mmap"]),
+            **{k: median_of(v) for k, v in results.items()}}
+
+
+def same_values(ours: str, theirs: str) -> str:
+    """Whether `ckpt average` wrote bit for bit the tensors of the torch-mmap streaming average."""
+    import torch
+
+    a = torch.load(ours, weights_only=True, mmap=True)["state_dict"]
+    b = torch.load(theirs, weights_only=True, mmap=True)["state_dict"]
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return "tensors bit-identical to torch-mmap's" if same else "TENSORS DIFFER from torch-mmap's"
+
+
+COMMANDS = ("timm-style", "torch-mmap", "ckpt", "ckpt_no_sha256", "ckpt_before")
 
 
 def accumulators(n: int = 1 << 22, k: int = 3) -> list[str]:
@@ -168,27 +206,34 @@ def accumulators(n: int = 1 << 22, k: int = 3) -> list[str]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="145,300", help="MB per checkpoint, comma-separated")
+    ap.add_argument("--sizes", default="145", help="MB per checkpoint, comma-separated")
+    ap.add_argument("--inputs", default="3,8", help="numbers of checkpoints, comma-separated")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--before", metavar="DIR", help="also run `ckpt average` from this checkout (before/after)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_average_")
     try:
         for mb in (int(s) for s in args.sizes.split(",")):
-            r = bench_size(tmp, mb, args.repeat)
-            sd = r["sd_bytes"]
-            print(f"3 x {mb} MB (state dict {sd / 1e6:.0f} MB), median of {args.repeat}, "
-                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:")
-            for name in ("baseline", "ckpt", "ckpt_no_sha256"):
-                m = r[name]
-                print(f"  {name:15s} wall {m['wall']:6.2f} s (min {m['wall_min']:5.2f}, cpu {m['cpu']:5.2f})   "
-                      f"peak RssAnon {m['anon'] / 1e6:7.1f} MB ({m['anon'] / sd:4.2f} x state dict)   "
-                      f"peak VmRSS {m['rss'] / 1e6:7.1f} MB")
-            b, o = r["baseline"], r["ckpt"]
-            print(f"  ratio ckpt/baseline: wall {o['wall'] / b['wall']:.2f} x "
-                  f"(min/min {o['wall_min'] / b['wall_min']:.2f} x), "
-                  f"RssAnon {o['anon'] / b['anon']:.2f} x;"
-                  f"  sha256 of the inputs alone {r['sha256_s']:.2f} s "
-                  f"(ckpt - ckpt_no_sha256 = {o['wall'] - r['ckpt_no_sha256']['wall']:+.2f} s)")
+            for n in (int(s) for s in args.inputs.split(",")):
+                r = bench(tmp, mb, n, args.repeat, args.before)
+                sd = r["sd_bytes"]
+                print(f"{n} x {mb} MB (state dict {sd / 1e6:.0f} MB), median of {args.repeat}, "
+                      f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:")
+                for name in (c for c in COMMANDS if c in r):
+                    m = r[name]
+                    print(f"  {name:15s} wall {m['wall']:6.2f} s (min {m['wall_min']:5.2f}, cpu {m['cpu']:5.2f})   "
+                          f"peak RssAnon {m['anon'] / 1e6:7.1f} MB ({m['anon'] / sd:4.2f} x state dict)   "
+                          f"peak VmRSS {m['rss'] / 1e6:7.1f} MB")
+                for base in ("timm-style", "torch-mmap"):
+                    b = r[base]
+                    line = "  ".join(f"{name} {r[name]['wall'] / b['wall']:.2f} x (min/min "
+                                     f"{r[name]['wall_min'] / b['wall_min']:.2f} x)"
+                                     for name in ("ckpt", "ckpt_before") if name in r)
+                    print(f"  wall ratio to {base}: {line}")
+                o, nh = r["ckpt"], r["ckpt_no_sha256"]
+                print(f"  RssAnon ckpt/timm-style {o['anon'] / r['timm-style']['anon']:.2f} x;  "
+                      f"ckpt - ckpt_no_sha256 = {o['wall'] - nh['wall']:+.2f} s wall, {o['cpu'] - nh['cpu']:+.2f} s cpu;"
+                      f"  {r['same']}")
         print("accumulation of 3 x 4M float32 (in-process):")
         print("\n".join(accumulators()))
     finally:

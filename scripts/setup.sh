@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -c1-12)"
+stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh requirements/*.txt | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
@@ -16,6 +16,11 @@ quiet() { "$@" 2>&1 | { grep -v 'is neither a file nor a directory' || true; }; 
 quiet $pip install torch==2.13.0
 # Then the project with its extras, always under the constraints file.
 quiet $pip install -c constraints.txt -e '.[mmaction,test]'
+# The genuine corpus's libraries (tests/support/genuine_corpus.py): lightning, transformers 5, accelerate,
+# omegaconf; timm without its torchvision requirement; transformers 4 as a --target overlay (.venv-tf4/).
+quiet $pip install -c constraints.txt -r requirements/genuine.txt
+quiet $pip install -c constraints.txt --no-deps -r requirements/genuine-nodeps.txt
+[ -d .venv-tf4/transformers ] || quiet $pip install --no-deps --target .venv-tf4 -r requirements/genuine-tf4.txt
 # A second, torch-free environment with NumPy 2: the reader's core must work under NumPy 1.26 and 2.x
 # (tests/test_numpy2.py runs the same files through both and compares).
 [ -x .venv-np2/bin/python ] || "$PY" -m venv .venv-np2

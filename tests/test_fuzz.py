@@ -50,3 +50,70 @@ def test_mutated_inputs_only_raise_ckpt_errors(fixtures_dir, tmp_path_factory, f
 
     check()
     assert len(outcomes) == EXAMPLES and "rejected" in outcomes
+
+
+# ---- issue 11: structure-aware mutations of the hostile corpus and of genuine torch.save files ----------------
+HOSTILE_EXAMPLES = 25
+
+
+@pytest.fixture(scope="module")
+def hostile_manifest():
+    from tests.support import hostile_corpus as hc
+
+    return hc.generate()
+
+
+@pytest.mark.parametrize("family", ["hostile-gadget-pickles", "hostile-zip", "hostile-legacy", "hostile-safetensors",
+                                    "hostile-numpy", "genuine-torch-save", "genuine-hf-bin-index"])
+def test_mutated_hostile_inputs_never_run_fool_or_crash(hostile_manifest, tmp_path_factory, family):
+    """Every mutation of a crafted or genuine file reads or is rejected with CkptError; no payload runs
+    (PayloadRan) and no file naming a code gadget is called data (VerdictBypass) -- both raise, failing here."""
+    from tests.support import hostile_corpus as hc
+    from tests.support.hostile_fuzz import exercise_hostile, mutate_hostile, seeds
+
+    picked = seeds(hostile_manifest, family)
+    assert picked, family
+    work, cwd = tmp_path_factory.mktemp(family), tmp_path_factory.mktemp(family + "-cwd")
+    targets = []
+    for i, (name, info) in enumerate(picked):
+        src = hc.DEFAULT_OUT / info["path"]
+        if info["form"] == "sharded":
+            shutil.copytree(src, work / f"s{i}")
+            targets.append((work / f"s{i}", work / f"s{i}" / "pytorch_model.bin.index.json",
+                            (src / "pytorch_model.bin.index.json").read_bytes()))
+        else:
+            targets.append((work / f"s{i}{src.suffix}", work / f"s{i}{src.suffix}", src.read_bytes()))
+    outcomes = []
+
+    @settings(max_examples=HOSTILE_EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.integers(min_value=0, max_value=2**32 - 1))
+    def check(seed):
+        target, victim, original = targets[seed % len(targets)]
+        victim.write_bytes(mutate_hostile(original, random.Random(seed)))
+        outcomes.append(exercise_hostile(target, str(cwd)))
+
+    check()
+    assert len(outcomes) == HOSTILE_EXAMPLES and "rejected" in outcomes
+
+
+def test_hostile_mutator_keeps_pickles_structured():
+    """The structure-aware mutator really produces what it claims: gadget globals, BUILDs, duplicate zip entries."""
+    import io
+    import zipfile
+
+    from tests.support import hostile_corpus as hc
+    from tests.support.hostile_fuzz import mutate_pickle, mutate_zip
+
+    base = hc.pk(hc.CALL(hc.G("collections", "OrderedDict")))
+    outs = [mutate_pickle(base, random.Random(i)) for i in range(200)]
+    assert any(b"\ncsubprocess\nPopen\n"[1:] in o or b"cos\nsystem\n" in o for o in outs)
+    assert any(o.endswith(b"b.") or b"Rb" in o or b"b" in o[len(base) - 1:] for o in outs)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", base)
+        zf.writestr("archive/version", b"3\n")
+    names = [zipfile.ZipFile(io.BytesIO(mutate_zip(buf.getvalue(), random.Random(i)))).namelist()
+             for i in range(60)]
+    assert any(len(n) != len(set(n)) for n in names)  # a duplicated entry
+    assert any("archive/constants.pkl" in n for n in names)

@@ -114,3 +114,46 @@ def test_build_model_without_model_section_is_an_error():
 
     with pytest.raises(CkptError, match="no `model`"):
         build_model(Config(dict(default_scope="mmaction")))
+
+
+def test_cfg_values_nested_brackets_and_words_without_mmengine_internals():
+    from ckpttool.integrations.openmmlab import parse_cfg_value
+
+    assert parse_cfg_value("[a,(b,c)]") == ["a", ("b", "c")]
+    assert parse_cfg_value("(x, 2, FALSE)") == ("x", 2, False)
+    assert parse_cfg_value("a,[1,b]") == ["a", [1, "b"]]
+    assert parse_cfg_value("none") is None and parse_cfg_value("1e-3x") == "1e-3x"
+
+
+def test_custom_imports_resolve_from_another_directory_with_project_root(tmp_path, monkeypatch):
+    proj = tmp_path / "proj"
+    (proj / "myproj").mkdir(parents=True)
+    (proj / "myproj" / "__init__.py").write_text("MARK = 'imported'\n")
+    (proj / "configs").mkdir()
+    cfg = proj / "configs" / "c.py"
+    cfg.write_text("custom_imports = dict(imports=['myproj'], allow_failed_imports=False)\nmodel = dict(type='X')\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delitem(sys.modules, "myproj", raising=False)
+    with pytest.raises(CkptError, match="myproj"):
+        load_config(cfg)
+    assert str(proj) not in sys.path
+    assert load_config(cfg, project_root=proj).model["type"] == "X"
+    assert sys.modules["myproj"].MARK == "imported" and str(proj) not in sys.path  # sys.path restored
+    monkeypatch.delitem(sys.modules, "myproj")
+    monkeypatch.chdir(proj)  # like tools/test.py run from the project
+    assert load_config(cfg).model["type"] == "X"
+
+
+def test_inner_dataset_and_test_split_through_wrappers():
+    from mmengine.config import Config
+
+    from ckpttool.integrations.openmmlab import inner_dataset, test_dataset_cfg
+
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(type="RepeatDataset", times=2, dataset=dict(
+        type="PoseDataset", split="xsub_val", pipeline=[])))))
+    ds = test_dataset_cfg(cfg, "xview_val")
+    assert inner_dataset(ds)["split"] == "xview_val" and cfg.test_dataloader.dataset.dataset.split == "xsub_val"
+    with pytest.raises(CkptError, match="test_dataloader"):
+        test_dataset_cfg(Config(dict(model=dict())))

@@ -33,11 +33,19 @@ def output_options(fn):
                        "any tabulate format name (grid, rst, html, tsv, ...) works too.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bars or log lines on stderr.")
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+    @click.option("--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+                  help="Treat this global as allow-listed data, like torch's add_safe_globals (repeatable; also "
+                       "CKPT_ALLOW_GLOBALS=a.B,c.D).")
+    @click.option("--strict", is_flag=True, help="Refuse files that name classes outside the allow-list "
+                                                 "(verdict 'not verified'), not only those that would run code.")
     @functools.wraps(fn)
-    def wrapper(*args, fmt, quiet, debug, **kwargs):
+    def wrapper(*args, fmt, quiet, debug, allow_globals, strict, **kwargs):
+        from ckpttool.io.safety import policy
+
         progress.set_quiet(quiet)
         try:
-            return fn(*args, fmt=fmt, **kwargs)
+            with policy(allow_globals, strict):
+                return fn(*args, fmt=fmt, **kwargs)
         except CheckFailed as exc:
             if str(exc):
                 click.echo(f"ckpt: check failed: {exc}", err=True)

@@ -35,9 +35,8 @@ def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section
     want_values = stats or check_finite
     result = inspect(path, depth=depth, filter=filter_, keys=keys, config=config, stats=want_values,
                      section=section, trust=trust)
-    if result["suspicious_globals"]:
-        warn(f"{path} references code that would run under torch.load(weights_only=False): "
-             f"{', '.join(result['suspicious_globals'])} (nothing was executed)")
+    if result["safety"]["verdict"] in ("code", "not verified"):
+        warn(f"{path}: {result['safety']['summary']} (nothing was executed)")
     failed = None
     if check_finite and result.get("nonfinite"):
         bad = result["nonfinite"]
@@ -121,11 +120,4 @@ def header_rows(r: dict) -> list[list]:
 def security_line(r: dict) -> str:
     if r.get("trusted"):
         return "--trust: the file was unpickled for real (any code in it ran); globals were not checked"
-    if r["suspicious_globals"]:
-        return (f"DANGER: would run code under torch.load(weights_only=False): "
-                f"{', '.join(r['suspicious_globals'])} — not executed here")
-    if r["foreign_globals"]:
-        return f"no code runs; {len(r['foreign_globals'])} non-tensor classes kept inert: " + \
-            ", ".join(g.rsplit(".", 1)[-1] for g in r["foreign_globals"][:6]) + \
-            (" …" if len(r["foreign_globals"]) > 6 else "")
-    return "no code runs; only tensors and plain containers"
+    return r["safety"]["summary"]

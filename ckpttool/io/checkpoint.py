@@ -5,20 +5,48 @@ import os
 from collections import OrderedDict
 
 from ckpttool.errors import CkptError, FormatError, UnsafeError
-from ckpttool.io import dcp, safetensors_file, torchfile
+from ckpttool.io import allowlist as AL
+from ckpttool.io import dcp, safetensors_file, safety, torchfile
 from ckpttool.io.detect import detect, index_file
 from ckpttool.io.layout import Layout, StateDict, count_tensors, plain, recognise, state_dict_of
 from ckpttool.io.tensor import MappedFile, TensorRef
-from ckpttool.io.unpickle import unpickle
+from ckpttool.io.unpickle import Budget, Judge, unpickle
 
 
 class Checkpoint:
-    """A checkpoint opened for reading. Only headers and the pickle are read; tensor bytes stay on disk."""
+    """A checkpoint opened for reading. Only headers and the pickle are read; tensor bytes stay on disk.
 
-    def __init__(self, path: str, fmt: str, root, globals_: dict, file_bytes: int, trusted: bool = False):
-        self.path, self.format, self.root, self.globals = path, fmt, root, globals_
-        self.file_bytes, self.trusted = file_bytes, trusted
+    `verdict` ('data' | 'not verified' | 'code') and `global_uses` say what the file names and how; see
+    `ckpttool.io.safety`."""
+
+    def __init__(self, path: str, fmt: str, root, judge: Judge, file_bytes: int, trusted: bool = False,
+                 strict: bool = False):
+        self.path, self.format, self.root, self.judge = path, fmt, root, judge
+        self.file_bytes, self.trusted, self.strict = file_bytes, trusted, strict
         self.layout: Layout = recognise(root)
+
+    # --- safety --------------------------------------------------------------------------------------------
+    @property
+    def verdict(self) -> str:
+        return "trusted" if self.trusted else self.judge.verdict
+
+    @property
+    def global_uses(self) -> list[dict]:
+        return self.judge.global_uses()
+
+    @property
+    def safety_summary(self) -> str:
+        if self.trusted:
+            return "trusted: unpickled for real with --trust (code in the file ran)"
+        return safety.summary(self.verdict, self.global_uses)
+
+    @property
+    def globals(self) -> dict:
+        """{global name: its worst verdict}."""
+        out: dict = {}
+        for u in self.global_uses:
+            out.setdefault(u["name"], u["verdict"])
+        return out
 
     # --- facts ---------------------------------------------------------------------------------------------
     @property
@@ -31,19 +59,33 @@ class Checkpoint:
 
     @property
     def foreign_globals(self) -> list[str]:
-        """Globals that are neither tensors nor plain containers (e.g. mmengine HistoryBuffer, or a payload)."""
-        return sorted(g for g, kind in self.globals.items() if kind != "data")
+        """Globals beyond torch's own weights_only defaults (e.g. mmengine HistoryBuffer, numpy, or a payload)."""
+        return sorted(u["name"] for u in self.global_uses
+                      if not (u["allowed_by"] and AL.ALLOWLIST.get(u["allowed_by"], AL.Entry("", frozenset(), ""))
+                              .torch))
 
     @property
     def suspicious_globals(self) -> list[str]:
-        return sorted(g for g, kind in self.globals.items() if kind == "suspicious")
+        """Globals whose use would run code under a real unpickle."""
+        return sorted({u["name"] for u in self.global_uses if u["verdict"] == "code"})
 
-    def require_safe(self) -> None:
-        """Refuse files that reference code which would run under a real unpickle (exit 2 in the CLI)."""
-        bad = self.suspicious_globals
-        if bad:
+    @property
+    def unverified_globals(self) -> list[str]:
+        return sorted({u["name"] for u in self.global_uses if u["verdict"] == "not verified"})
+
+    def require_safe(self, strict: bool | None = None) -> None:
+        """Refuse a file whose verdict is code (and, when strict, not verified): UnsafeError, exit 2 in the CLI."""
+        strict = self.strict if strict is None else strict
+        if self.trusted:
+            return
+        if self.verdict == "code":
             raise UnsafeError(f"{self.path}: refusing a file that references code that would run when loaded "
-                              f"({', '.join(bad)}); nothing was executed — `ckpt inspect` lists it")
+                              f"({', '.join(self.suspicious_globals) or 'see ckpt inspect'}); nothing was executed "
+                              "— `ckpt inspect` lists it")
+        if strict and self.verdict == "not verified":
+            raise UnsafeError(f"{self.path}: --strict refuses classes outside the allow-list "
+                              f"({', '.join(self.unverified_globals)}); nothing was executed — pass --allow-global "
+                              "NAME for a class you trust")
 
     def sections(self) -> dict:
         """Top-level entries with what they hold: tensors and bytes, or the kind of value."""
@@ -73,37 +115,47 @@ class Checkpoint:
         return f"Checkpoint({self.path!r}, {self.format}, {self.layout.kind})"
 
 
-def load(path: str, trust: bool = False) -> Checkpoint:
-    """Open `path` (file or folder) of any supported format. `trust=True` unpickles for real: it RUNS CODE from
-    the file, exactly like `torch.load(weights_only=False)`; use it only for files you made yourself."""
+def load(path: str, trust: bool = False, allow_globals=(), allowlist=None, strict: bool | None = None) -> Checkpoint:
+    """Open `path` (file or folder) of any supported format without running code from it.
+
+    `allow_globals` adds names to the allow-list (like torch's add_safe_globals; also `CKPT_ALLOW_GLOBALS` and the
+    CLI's `--allow-global`); `allowlist` replaces the list itself; `strict` makes `require_safe` refuse 'not
+    verified' files too. `trust=True` unpickles for real: it RUNS CODE from the file, exactly like
+    `torch.load(weights_only=False)`; use it only for files you made yourself."""
     path = os.fspath(path)
     fmt = detect(path)
     if trust and fmt in ("torch-zip", "torch-legacy", "pickle"):
         return _load_trusted(path, fmt)
+    pol = safety.current()
+    names = tuple(dict.fromkeys((*pol.allow_globals, *allow_globals)))
+    judge = Judge(AL.extended(names, allowlist) if names else allowlist)
+    strict = pol.strict if strict is None else strict
     size = _size(path)
     try:
         if fmt == "torch-zip":
-            root, g = torchfile.read_zip(MappedFile(path))
+            root, _ = torchfile.read_zip(MappedFile(path), judge=judge)
         elif fmt == "torch-legacy":
-            root, g = torchfile.read_legacy(path, MappedFile(path))
+            root, _ = torchfile.read_legacy(path, MappedFile(path), judge)
         elif fmt == "pickle":
-            root, g = _read_plain_pickle(path)
+            root = _read_plain_pickle(path, judge)
         elif fmt == "safetensors":
             sd, meta = safetensors_file.read_safetensors(path, MappedFile(path))
-            root, g = _with_meta(sd, meta), {}
+            root = _with_meta(sd, meta)
         elif fmt == "safetensors-sharded":
             sd, meta, _ = safetensors_file.read_index(index_file(path))
-            root, g = _with_meta(sd, meta), {}
+            root = _with_meta(sd, meta)
+        elif fmt == "torch-sharded":
+            root = _read_torch_shards(index_file(path), judge)
         else:  # dcp
-            flat, g = dcp.read_dcp(path)
+            flat, _ = dcp.read_dcp(path, judge)
             root = _nest_first_level(flat)
     except FormatError as exc:
         msg = str(exc)
         raise FormatError(msg if msg.startswith(path) else f"{path}: {msg}") from exc
     except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             EOFError, OverflowError, NotImplementedError, LookupError, ArithmeticError) as exc:
-        raise FormatError(f"{path}: corrupt {fmt} file ({type(exc).__name__}: {exc})") from exc
-    return Checkpoint(path, fmt, root, g, size)
+        raise FormatError(f"{path}: corrupt {fmt} file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    return Checkpoint(path, fmt, root, judge, size, strict=strict)
 
 
 def load_pickle(path: str, trust: bool = False):
@@ -115,9 +167,38 @@ def load_pickle(path: str, trust: bool = False):
     return ck.root
 
 
-def _read_plain_pickle(path: str):
+def _read_plain_pickle(path: str, judge: Judge):
+    import mmap
+
     with open(path, "rb") as f:
-        return unpickle(f.read(), bytes_loader=torchfile.read_legacy_bytes)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with mm:
+        root, _ = unpickle(mm, bytes_loader=torchfile.read_legacy_bytes, judge=judge,
+                           budget=Budget(file_bytes=len(mm)))
+    return root
+
+
+def _read_torch_shards(index_path: str, judge: Judge) -> dict:
+    """transformers' `pytorch_model.bin.index.json`: a weight_map onto torch files, each read like any other."""
+    weight_map, shards, _ = safetensors_file.read_weight_map(index_path)
+    loaded = {}
+    for shard, spath in shards.items():
+        mf = MappedFile(spath)
+        fmt = detect(spath)
+        if fmt == "torch-zip":
+            loaded[shard], _ = torchfile.read_zip(mf, judge=judge)
+        elif fmt == "torch-legacy":
+            loaded[shard], _ = torchfile.read_legacy(spath, mf, judge)
+        else:
+            raise FormatError(f"shard {shard} is a {fmt} file, not a torch file")
+        if not isinstance(loaded[shard], dict):
+            raise FormatError(f"shard {shard} does not hold a state dict")
+    out = {}
+    for name, shard in weight_map.items():
+        if name not in loaded[shard]:
+            raise FormatError(f"index maps {name!r} to {shard}, which does not hold it")
+        out[name] = loaded[shard][name]
+    return out
 
 
 def _with_meta(sd: dict, meta: dict):
@@ -155,7 +236,7 @@ def _load_trusted(path: str, fmt: str) -> Checkpoint:
         obj = torch.load(path, map_location="cpu", weights_only=False, mmap=fmt == "torch-zip")
     except Exception as exc:
         raise FormatError(f"{path}: torch.load failed ({type(exc).__name__}: {exc})") from exc
-    return Checkpoint(path, fmt, _wrap_tensors(obj), {}, _size(path), trusted=True)
+    return Checkpoint(path, fmt, _wrap_tensors(obj), Judge(), _size(path), trusted=True)
 
 
 def _wrap_tensors(obj, depth=0):

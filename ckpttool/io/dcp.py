@@ -11,7 +11,7 @@ import os
 from ckpttool.errors import FormatError
 from ckpttool.io.tensor import MappedFile, TensorRef
 from ckpttool.io.torchfile import read_zip
-from ckpttool.io.unpickle import Inert, unpickle
+from ckpttool.io.unpickle import Inert, Judge, unpickle
 
 _META = "torch.distributed.checkpoint.metadata."
 
@@ -27,12 +27,12 @@ def _state(obj, cls: str) -> dict:
     return state
 
 
-def read_dcp(directory: str):
-    """Returns (flat dict fqn -> TensorRef or plain value, globals seen)."""
+def read_dcp(directory: str, judge: Judge | None = None):
+    """Returns (flat dict fqn -> TensorRef or plain value, judge of every pickle read)."""
     meta_path = os.path.join(directory, ".metadata")
     try:
         with open(meta_path, "rb") as f:
-            meta, globals_ = unpickle(f.read())
+            meta, judge = unpickle(f.read(), judge=judge)
     except OSError as exc:
         raise FormatError(f"cannot read DCP metadata ({exc})") from None
     md = _state(meta, "Metadata")
@@ -58,12 +58,11 @@ def read_dcp(directory: str):
         offset, length = loc.get("offset"), loc.get("length")
         if not isinstance(offset, int) or not isinstance(length, int):
             raise FormatError(f"DCP item {fqn!r}: malformed location")
-        value, g = read_zip(mfile, offset, length)
-        globals_.update(g)
+        value, _ = read_zip(mfile, offset, length, judge=judge)
         if entry.qualname.endswith("TensorStorageMetadata") and not isinstance(value, TensorRef):
             raise FormatError(f"DCP item {fqn!r} should be a tensor")
         out[fqn] = value
-    return out, globals_
+    return out, judge
 
 
 def _inside(directory: str, rel) -> str:

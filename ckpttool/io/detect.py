@@ -10,15 +10,15 @@ _LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "litt
 
 
 def detect(path: str) -> str:
-    """'torch-zip' | 'torch-legacy' | 'pickle' | 'safetensors' | 'safetensors-sharded' | 'dcp'."""
+    """'torch-zip' | 'torch-legacy' | 'pickle' | 'safetensors' | 'safetensors-sharded' | 'torch-sharded' | 'dcp'."""
     if not os.path.exists(path):
         raise CkptError(f"{path}: no such file or directory")
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, ".metadata")):
             return "dcp"
         if any(n.endswith(".index.json") for n in os.listdir(path)):
-            return "safetensors-sharded"
-        raise CkptError(f"{path}: is a directory, not a DCP checkpoint or a sharded safetensors folder")
+            return _sharded_kind(index_file(path))
+        raise CkptError(f"{path}: is a directory, not a DCP checkpoint or a sharded checkpoint folder")
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -31,14 +31,42 @@ def detect(path: str) -> str:
     if head.startswith(_LEGACY_HEAD):
         return "torch-legacy"
     if len(head) >= 2 and head[:1] == b"\x80" and 2 <= head[1] <= 5:
-        return "pickle"
+        return "torch-legacy" if _legacy_magic_first(path) else "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
         (n,) = struct.unpack("<Q", head[:8])
         if n < os.path.getsize(path):
             return "safetensors"
     if head.lstrip()[:1] == b"{" and b"weight_map" in _read_some(path):
-        return "safetensors-sharded"
+        return _sharded_kind(path)
     raise FormatError(f"{path}: not a checkpoint format ckpt knows (first bytes {head[:8]!r})")
+
+
+def _legacy_magic_first(path: str) -> bool:
+    """A legacy torch file saved with another pickle protocol (e.g. pickle_protocol=4): its first pickle is the
+    magic number."""
+    from ckpttool.io.torchfile import LEGACY_MAGIC
+    from ckpttool.io.unpickle import unpickle_plain
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    try:
+        return unpickle_plain(head) == LEGACY_MAGIC
+    except CkptError:
+        return False
+
+
+def _sharded_kind(index_path: str) -> str:
+    """An index whose weight_map names torch files (transformers' pytorch_model.bin.index.json) or safetensors."""
+    import json
+
+    try:
+        with open(index_path, "rb") as f:
+            shards = set(json.loads(f.read(1 << 24)).get("weight_map", {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return "safetensors-sharded"
+    if shards and all(isinstance(s, str) and not s.endswith(".safetensors") for s in shards):
+        return "torch-sharded"
+    return "safetensors-sharded"
 
 
 def _read_some(path: str, n: int = 1 << 20) -> bytes:

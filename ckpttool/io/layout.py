@@ -135,10 +135,12 @@ def _flatten(obj, prefix: str, out: StateDict, depth: int = 0):
 
 
 def strip_auto_prefixes(sd: StateDict) -> None:
-    """Strip DDP `module.` / torch.compile `_orig_mod.` only when every key has it."""
+    """Strip DDP `module.` / torch.compile `_orig_mod.` only when every key has it (at most a few rounds: a key of
+    'module.' repeated 300,000 times must not make this quadratic)."""
     stripped = ""
-    changed = True
-    while changed and sd:
+    changed, rounds = True, 0
+    while changed and sd and rounds < 4:
+        rounds += 1
         changed = False
         for p in AUTO_PREFIXES:
             if all(k.startswith(p) for k in sd):

@@ -79,6 +79,10 @@ class Storage:
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
+    def retyped(self, dtype: DType) -> "Storage":
+        """The same bytes read as another element type (an UntypedStorage named by _rebuild_tensor_v3)."""
+        return Storage(self.key, dtype, self.nbytes // dtype.itemsize, self.file, self.offset, self.data)
+
     def bytes_view(self):
         """The storage's bytes as a read-only uint8 ndarray (zero-copy on mapped files)."""
         import numpy as np
@@ -110,11 +114,15 @@ class TensorRef:
         if offset < 0:
             raise FormatError(f"negative storage offset {offset}")
         numel = math.prod(shape)
-        if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel:
+        if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel * storage.dtype.pack:
             raise FormatError(f"tensor of shape {list(shape)} reaches past its storage {storage.key!r} "
                               f"({storage.numel} elements)")
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
         self.is_param, self.requires_grad, self._tensor = is_param, requires_grad, None
+
+    def as_parameter(self, requires_grad: bool) -> "TensorRef":
+        self.is_param, self.requires_grad = True, requires_grad
+        return self
 
     @classmethod
     def from_torch(cls, tensor) -> "TensorRef":
@@ -142,7 +150,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        return -(-self.numel * self.itemsize // self.storage.dtype.pack)
 
     @property
     def is_floating(self) -> bool:
@@ -161,6 +169,8 @@ class TensorRef:
         np_dtype = np.dtype(d.numpy) if d.numpy else np.dtype(f"<u{d.itemsize}")
         if self.numel == 0:
             return np.empty(self.shape, dtype=np_dtype)
+        if d.pack > 1:
+            return self._unpacked()
         flat = self.storage.bytes_view().view(np_dtype)  # exactly numel * itemsize bytes
         if self.is_contiguous():
             arr = flat[self.offset: self.offset + self.numel].reshape(self.shape)
@@ -170,6 +180,18 @@ class TensorRef:
         if arr.flags.writeable:
             arr.flags.writeable = False
         return arr
+
+    def _unpacked(self):
+        """Sub-byte values (quint4x2, quint2x4), lowest bits first, as one uint8 per value."""
+        import numpy as np
+
+        pack, bits = self.storage.dtype.pack, 8 // self.storage.dtype.pack
+        if not self.is_contiguous() or self.offset % pack:
+            raise FormatError(f"{self.dtype}: only contiguous, byte-aligned tensors can be read")
+        raw = self.storage.bytes_view()[self.offset // pack:]
+        shifts = (np.arange(pack, dtype=np.uint8) * bits)[None, :]
+        vals = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[: self.numel]
+        return vals.reshape(self.shape)
 
     def release(self, start: int = 0, stop: int | None = None) -> None:
         """Let the OS drop the mapped pages behind elements [start, stop) of this tensor (all of it by default) from
@@ -184,15 +206,11 @@ class TensorRef:
         f.release(self.storage.offset + (self.offset + start) * size, (stop - start) * size)
 
     def numpy(self):
-        """Values as a read-only ndarray; bfloat16 becomes float32 (a copy), everything else is a view."""
-        import numpy as np
-
-        arr = self.raw()
-        if self.dtype == "bfloat16":
-            return widen_bfloat16(arr)
-        if self.storage.dtype.numpy is None:
-            raise FormatError(f"cannot convert {self.dtype} values to numpy")
-        return arr
+        """Values as a read-only ndarray. Types numpy lacks are widened exactly (a copy): bfloat16 and the float8
+        family to float32, complex32 to complex64; float4 pairs and bits* have no numeric value to widen to."""
+        if self.storage.dtype.numpy is not None:
+            return self.raw()
+        return widen(self.raw(), self.dtype)
 
     def to_torch(self):
         """A torch tensor with these values (imports torch); always a copy, so it outlives the file's mapping."""
@@ -203,14 +221,126 @@ class TensorRef:
         arr = self.raw()
         import numpy as np
 
-        t = torch.from_numpy(np.array(arr, copy=True)) if self.numel else torch.empty(self.shape)
+        if self.storage.dtype.is_quantized:  # the integer representation; the quantizer lives in SpecialTensor
+            return torch.from_numpy(np.array(arr, copy=True)).reshape(self.shape)
         target = getattr(torch, self.dtype)
-        if self.dtype == "bfloat16" or self.dtype.startswith("float8"):
-            t = t.view(target)
-        return t.to(target).reshape(self.shape)
+        if not self.numel:
+            return torch.empty(self.shape, dtype=target)
+        if self.storage.dtype.numpy is None:  # bit patterns numpy cannot name: reinterpret in torch
+            t = torch.from_numpy(np.array(arr, copy=True).view(f"<i{self.itemsize}" if self.itemsize > 1 else "i1"))
+            return t.view(target).reshape(self.shape)
+        return torch.from_numpy(np.array(arr, copy=True)).to(target).reshape(self.shape)
 
     def __repr__(self):
         return f"TensorRef({self.dtype}, {list(self.shape)})"
+
+
+class SpecialTensor:
+    """A tensor torch stores in another layout: quantized, sparse (COO/CSR/CSC/BSR/BSC), nested or meta. Its dtype,
+    shape and layout details are facts; its component tensors (`parts`: int_repr / scales / zero_points, indices /
+    values, nested buffer …) are ordinary TensorRefs. Commands that compute on values skip these."""
+
+    __slots__ = ("layout", "dtype", "shape", "parts", "info", "is_param", "requires_grad")
+
+    def __init__(self, layout: str, dtype: str, shape, parts: dict, info: dict):
+        self.layout, self.dtype, self.shape, self.parts, self.info = layout, dtype, tuple(shape), parts, info
+        self.is_param, self.requires_grad = False, False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.parts.values())
+
+    def to_torch(self):
+        """The same tensor in torch (imports torch): quantized from its int repr and quantizer, sparse from its
+        components, nested from its buffer or values/offsets, meta from its shape."""
+        import torch
+
+        p = {k: v.to_torch() for k, v in self.parts.items()}
+        lay = self.layout
+        if lay == "quantized":
+            if self.parts["int_repr"].storage.dtype.pack > 1:  # sub-byte: torch quantizes its exact values again
+                return torch.quantize_per_tensor((p["int_repr"].float() - self.info["zero_point"])
+                                                 * self.info["scale"], self.info["scale"],
+                                                 self.info["zero_point"], getattr(torch, self.dtype))
+            if "scales" in p:
+                return torch._make_per_channel_quantized_tensor(p["int_repr"], p["scales"], p["zero_points"],
+                                                                self.info["axis"])
+            return torch._make_per_tensor_quantized_tensor(p["int_repr"], self.info["scale"],
+                                                           self.info["zero_point"])
+        if lay == "sparse_coo":
+            return torch.sparse_coo_tensor(p["indices"], p["values"], self.shape,
+                                           is_coalesced=self.info.get("coalesced"))
+        if lay.startswith("sparse_"):
+            make = {"sparse_csr": torch.sparse_csr_tensor, "sparse_csc": torch.sparse_csc_tensor,
+                    "sparse_bsr": torch.sparse_bsr_tensor, "sparse_bsc": torch.sparse_bsc_tensor}[lay]
+            return make(p["compressed_indices"], p["plain_indices"], p["values"], self.shape)
+        if lay == "meta":
+            return torch.empty_strided(self.shape, self.info["stride"], dtype=getattr(torch, self.dtype),
+                                       device="meta")
+        if lay == "nested":
+            return torch._nested_view_from_buffer(p["buffer"], p["sizes"], p["strides"], p["offsets"]).clone()
+        if lay == "jagged":
+            return torch.nested.nested_tensor_from_jagged(p["values"], p["offsets"], lengths=p.get("lengths"))
+        raise FormatError(f"cannot rebuild a {lay} tensor")
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.info.items() if k != "stride")
+        return f"{self.layout} {self.dtype} {list(self.shape)}" + (f" ({extra})" if extra else "")
+
+    def __repr__(self):
+        return f"SpecialTensor({self.describe()})"
+
+
+# float8 / e8m0 decoding tables: (exponent bits, mantissa bits, bias, variant)
+_MINIFLOATS = {"float8_e4m3fn": (4, 3, 7, "fn"), "float8_e5m2": (5, 2, 15, "ieee"),
+               "float8_e4m3fnuz": (4, 3, 8, "fnuz"), "float8_e5m2fnuz": (5, 2, 16, "fnuz")}
+_LUTS: dict = {}
+
+
+def _minifloat_lut(name: str):
+    import numpy as np
+
+    if name in _LUTS:
+        return _LUTS[name]
+    if name == "float8_e8m0fnu":  # 2**(e-127), 0xFF is NaN
+        lut = np.full(256, np.nan, dtype=np.float32)
+        lut[:255] = np.ldexp(1.0, np.arange(255) - 127)
+    else:
+        e_bits, m_bits, bias, kind = _MINIFLOATS[name]
+        codes = np.arange(256)
+        sign = np.where(codes >> 7, -1.0, 1.0)
+        exp, man = (codes >> m_bits) & ((1 << e_bits) - 1), codes & ((1 << m_bits) - 1)
+        normal = np.ldexp(1.0 + man / (1 << m_bits), exp - bias)
+        sub = np.ldexp(man / (1 << m_bits), 1 - bias)
+        lut = (sign * np.where(exp == 0, sub, normal)).astype(np.float32)
+        top = exp == (1 << e_bits) - 1
+        if kind == "ieee":
+            lut[top & (man == 0)] = sign[top & (man == 0)] * np.inf
+            lut[top & (man != 0)] = np.nan
+        elif kind == "fn":
+            lut[top & (man == (1 << m_bits) - 1)] = np.nan
+        else:  # fnuz: no negative zero, 0x80 is the only NaN
+            lut[0x80] = np.nan
+    _LUTS[name] = lut
+    return lut
+
+
+def widen(raw, dtype: str):
+    """Exact float32 / complex64 values of bit patterns numpy has no type for."""
+    import numpy as np
+
+    if dtype == "bfloat16":
+        return widen_bfloat16(raw)
+    if dtype in _MINIFLOATS or dtype == "float8_e8m0fnu":
+        return _minifloat_lut(dtype)[raw]
+    if dtype == "complex32":
+        halves = np.ascontiguousarray(raw).view("<f2").astype(np.float32)
+        return halves.view(np.complex64)
+    raise FormatError(f"{dtype} values have no numpy form (read them with raw())")
 
 
 def contiguous_stride(shape) -> tuple:

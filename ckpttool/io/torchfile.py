@@ -7,6 +7,7 @@ object, the storage keys), then every storage as an 8-byte little-endian element
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 import zipfile
 import zlib
@@ -18,27 +19,28 @@ ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, NotIm
 from ckpttool.errors import FormatError
 from ckpttool.io.dtypes import BY_STORAGE, DType, by_name
 from ckpttool.io.tensor import MappedFile, Storage
-from ckpttool.io.unpickle import StorageType, TorchConst, unpickle, unpickle_plain
+from ckpttool.io.unpickle import Budget, Inert, Judge, global_name, unpickle, unpickle_plain
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE_BYTES = 1 << 31
+MAX_INFLATE = 1 << 30        # bytes a compressed entry may inflate to
+MAX_INFLATE_RATIO = 200      # ... and at most this many times its compressed size (plus 1 MiB)
 
 
-def _storage_dtype(storage_type, dtype_hint=None) -> DType:
-    if isinstance(storage_type, StorageType) and storage_type.dtype is not None:
-        return storage_type.dtype
-    if isinstance(dtype_hint, (str, TorchConst)):
-        return by_name(str(dtype_hint))
-    if isinstance(storage_type, StorageType):
-        return by_name("uint8")  # UntypedStorage: bytes; _rebuild_tensor_v3 retypes it
+def _storage_dtype(storage_type) -> DType:
+    name = global_name(storage_type) or ""
+    if name.startswith("torch.") and name[len("torch."):] in BY_STORAGE:
+        return BY_STORAGE[name[len("torch."):]]
+    if name in ("torch.storage.UntypedStorage", "torch.UntypedStorage"):
+        return by_name("uint8")  # bytes; _rebuild_tensor_v3 names the element type
     raise FormatError("storage record without a known element type")
 
 
 def _parse_pid(pid: tuple):
     if len(pid) < 5 or pid[0] != "storage":
-        raise FormatError(f"unsupported persistent record {pid[0]!r}")
+        raise FormatError(f"unsupported persistent record {str(pid[0])[:40]!r}" if pid else "empty persistent id")
     _, storage_type, key, location, numel = pid[:5]
-    if not isinstance(key, str) or not isinstance(numel, int):
+    if not isinstance(key, str) or len(key) > 256 or type(numel) is not int:
         raise FormatError("malformed storage record")
     return _storage_dtype(storage_type), key, numel
 
@@ -75,34 +77,38 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
-    """Returns (root object, globals) of a torch zip archive stored at [base, base+length) of `mfile`.
+def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None, judge: Judge | None = None,
+             budget: Budget | None = None):
+    """Returns (root object, judge) of a torch zip archive stored at [base, base+length) of `mfile`.
 
-    Storages are mapped lazily; nothing but the central directory and data.pkl is read."""
+    Storages are mapped lazily; nothing but the central directory and data.pkl is read. The archive is refused when
+    entry names repeat or a local header disagrees with the central directory (torch and zipfile would read
+    different bytes); a TorchScript archive (torch.load hands it to torch.jit.load, which runs its code) is code."""
     length = mfile.size - base if length is None else length
     if base < 0 or length < 0 or base + length > mfile.size:
         raise FormatError("embedded archive lies past the end of the file")
+    judge = Judge() if judge is None else judge
+    budget = Budget(file_bytes=length) if budget is None else budget
     src = open(mfile.path, "rb") if base == 0 and length == mfile.size else _Slice(mfile.path, base, length)
     try:
         zf = zipfile.ZipFile(src)
-        infos = {i.filename: i for i in zf.infolist()}
+        infolist = zf.infolist()
     except ZIP_ERRORS as exc:
         src.close()
         raise FormatError(f"corrupt or truncated zip archive ({exc})") from None
     with zf, src:
-        pkl = [n for n in infos if n.endswith("data.pkl") and n.count("/") == 1]
-        if not pkl:
+        infos = _check_entries(infolist)
+        prefix = infolist[0].filename.split("/", 1)[0] + "/"  # torch names the archive after its first entry
+        pkl = infos.get(prefix + "data.pkl")
+        if pkl is None:
             raise FormatError("zip archive without <name>/data.pkl: not a torch checkpoint")
-        prefix = pkl[0][: -len("data.pkl")]
-        if infos[pkl[0]].file_size > MAX_PICKLE_BYTES:
-            raise FormatError("data.pkl is implausibly large")
-        try:
-            order = infos.get(prefix + "byteorder")
-            if order is not None and zf.read(order).strip() not in (b"little", b""):
-                raise FormatError("big-endian checkpoints are not supported")
-            data = zf.read(pkl[0])
-        except ZIP_ERRORS as exc:
-            raise FormatError(f"cannot read data.pkl ({exc})") from None
+        if any(n.startswith(prefix + "code/") for n in infos) or prefix + "constants.pkl" in infos:
+            judge.code("TorchScript archive", "torch.load hands TorchScript archives to torch.jit.load, which runs "
+                       "the code stored in them")
+        order = infos.get(prefix + "byteorder")
+        if order is not None and _read_entry(zf, src, order, length).strip() not in (b"little", b""):
+            raise FormatError("big-endian checkpoints are not supported")
+        data = _read_entry(zf, src, pkl, length)
         storages: dict[str, Storage] = {}
 
         def persistent_load(pid):
@@ -117,15 +123,53 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None):
                                   f"{info.file_size} bytes")
             if info.compress_type == zipfile.ZIP_STORED:
                 st = Storage(key, dtype, numel, mfile, base + _data_offset(src, info, length))
-            else:  # repacked with compression: no mapping possible, decompress this entry only
-                try:
-                    st = Storage(key, dtype, numel, data=zf.read(info))
-                except ZIP_ERRORS as exc:
-                    raise FormatError(f"cannot read storage {key!r} ({exc})") from None
+            else:  # repacked with compression: no mapping possible, inflate this entry only, within bounds
+                st = Storage(key, dtype, numel, data=_read_entry(zf, src, info, length))
             storages[key] = st
             return st
 
-        return unpickle(data, persistent_load, bytes_loader=read_legacy_bytes)
+        obj, judge = unpickle(data, persistent_load, read_legacy_bytes, judge, budget)
+        return obj, judge
+
+
+def _check_entries(infolist) -> dict:
+    if not infolist:
+        raise FormatError("empty zip archive")
+    infos = {}
+    for info in infolist:
+        if info.filename in infos:
+            raise FormatError(f"zip archive holds two entries named {info.filename!r} (torch and other readers "
+                              "would disagree on which one counts)")
+        if info.flag_bits & 0x1:
+            raise FormatError(f"zip entry {info.filename!r} is encrypted")
+        infos[info.filename] = info
+    return infos
+
+
+def _read_entry(zf, src, info: zipfile.ZipInfo, length: int) -> bytes:
+    """One entry's bytes: stored entries straight from the file, deflated ones inflated lazily under a bound."""
+    _data_offset(src, info, length)  # local header agrees with the central directory
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise FormatError(f"zip entry {info.filename!r} is implausibly large")
+    try:
+        if info.compress_type == zipfile.ZIP_STORED:
+            return zf.read(info)
+        limit = min(MAX_INFLATE, MAX_INFLATE_RATIO * info.compress_size + (1 << 20))
+        if info.file_size > limit:
+            raise FormatError(f"budget exceeded: zip entry {info.filename!r} inflates to {info.file_size} bytes "
+                              f"(limit {limit}); repack the archive without compression")
+        out = bytearray()
+        with zf.open(info) as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > info.file_size:
+                    raise FormatError(f"zip entry {info.filename!r} inflates past its declared size")
+        return bytes(out)
+    except ZIP_ERRORS as exc:
+        raise FormatError(f"cannot read zip entry {info.filename!r} ({exc})") from None
 
 
 def _data_offset(src, info: zipfile.ZipInfo, length: int) -> int:
@@ -134,24 +178,34 @@ def _data_offset(src, info: zipfile.ZipInfo, length: int) -> int:
     head = src.read(30)
     if len(head) < 30 or head[:4] != b"PK\x03\x04":
         raise FormatError(f"corrupt zip local header for {info.filename}")
+    method = struct.unpack("<H", head[8:10])[0]
     name_len, extra_len = struct.unpack("<HH", head[26:30])
+    name = src.read(name_len)
+    if name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename \
+            or method != info.compress_type:
+        raise FormatError(f"zip local header of {info.filename!r} disagrees with the central directory")
     offset = info.header_offset + 30 + name_len + extra_len
     if offset + info.file_size > length:
         raise FormatError(f"entry {info.filename} lies past the end of the file (truncated?)")
     return offset
 
 
-def read_legacy(path: str, mfile: MappedFile):
+def read_legacy(path: str, mfile: MappedFile, judge: Judge | None = None):
+    """A legacy torch file, read through a memory map (so no length in the stream can make a read allocate)."""
     with open(path, "rb") as f:
-        return _read_legacy_stream(f, mfile=mfile)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with mm:
+        return _read_legacy_stream(mm, mfile=mfile, judge=judge, budget=Budget(file_bytes=mfile.size))
 
 
-def read_legacy_bytes(data: bytes):
-    """A legacy torch file held in memory (as `torch.storage._load_from_bytes` embeds in plain pickles)."""
+def read_legacy_bytes(data: bytes, judge: Judge | None = None, budget: Budget | None = None, nesting: int = 0):
+    """A legacy torch file held in memory (as `torch.storage._load_from_bytes` embeds in plain pickles); its globals
+    are judged with the enclosing file's."""
     fast = _embedded_storage(data)
     if fast is not None:
         return fast
-    obj, _ = _read_legacy_stream(io.BytesIO(data), data=data)
+    obj, _ = _read_legacy_stream(io.BytesIO(data), data=data, judge=judge,
+                                 budget=budget or Budget(file_bytes=len(data)), nesting=nesting)
     return obj
 
 
@@ -215,7 +269,8 @@ def _small_int(data: bytes, pos: int):
     return None, pos
 
 
-def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None):
+def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None, judge: Judge | None = None,
+                        budget: Budget | None = None, nesting: int = 0):
     if unpickle_plain(f) != LEGACY_MAGIC:
         raise FormatError("not a torch legacy file (bad magic number)")
     version = unpickle_plain(f)
@@ -227,8 +282,8 @@ def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None =
     storages: dict[str, Storage] = {}
 
     def persistent_load(pid):
-        if pid and pid[0] == "module":
-            raise FormatError("legacy files that pickle module source code are not supported")
+        if pid and pid[0] == "module":  # torch.save(model) records the class's source; the class is judged itself
+            return Inert("torch module source record")
         dtype, key, numel = _parse_pid(pid)
         if len(pid) > 5 and pid[5] is not None:
             raise FormatError("legacy storage views are not supported")
@@ -236,7 +291,7 @@ def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None =
             storages[key] = Storage(key, dtype, numel, mfile, -1, None)
         return storages[key]
 
-    obj, globals_ = unpickle(f, persistent_load, bytes_loader=read_legacy_bytes)
+    obj, judge = unpickle(f, persistent_load, read_legacy_bytes, judge, budget, nesting)
     keys = unpickle_plain(f)
     if not isinstance(keys, list):
         raise FormatError("malformed legacy storage key list")
@@ -262,4 +317,4 @@ def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None =
     missing = [k for k, st in storages.items() if st.offset < 0 and st.data is None]
     if missing:
         raise FormatError(f"storages without data: {missing[:3]}")
-    return obj, globals_
+    return obj, judge

@@ -11,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import mmap
 import os
 import re
-import secrets
 import signal
-import socket
 import struct
-import tempfile
 import threading
-import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -32,10 +29,13 @@ ALIGN = 64
 
 @dataclass
 class OutTensor:
-    """A tensor to write: its dtype name, shape, and a function returning its bytes (C-contiguous, little-endian)."""
+    """A tensor to write: its dtype name, shape, and a function returning its bytes (C-contiguous, little-endian).
+    `crc` (zlib.crc32 of those bytes) may be set by the producer, where the bytes are hot in cache; the writer
+    computes it otherwise."""
     dtype: str
     shape: tuple
     data: Callable[[], "object"]  # -> bytes-like of exactly numel * itemsize bytes
+    crc: int | None = None
 
     @property
     def nbytes(self) -> int:
@@ -72,39 +72,114 @@ def _contiguous(arr):
     return memoryview(arr).cast("B") if arr.size else b""
 
 
+# --- what was written ------------------------------------------------------------------------------------
+class Written:
+    """The byte runs a writer produced, each with the CRC32 computed when it was produced: `verify` reads the file
+    back once and checks every byte against them (no re-parsing)."""
+
+    def __init__(self, f):
+        self.f, self.segments, self.tensors = f, [], 0
+
+    def put(self, data, crc: int | None = None) -> int:
+        """Write `data` at the current position; returns its offset."""
+        offset = self.f.tell()
+        self.f.write(data)
+        self.segments.append((offset, len(data), zlib.crc32(data) if crc is None else crc))
+        return offset
+
+    def verify(self, name: str = "output") -> None:
+        self.f.flush()
+        fd = self.f.fileno()
+        size = os.fstat(fd).st_size
+        end = max((o + n for o, n, _ in self.segments), default=0)
+        if size != end:
+            raise CkptError(f"verification failed: {name} holds {size} bytes, {end} were written")
+        if not size:
+            return
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                for offset, n, crc in self.segments:
+                    if zlib.crc32(view[offset: offset + n]) != crc:
+                        raise CkptError(f"verification failed: {name} reads back different bytes at {offset}")
+            finally:
+                view.release()
+
+
+def _tensor_bytes(key: str, t: OutTensor):
+    data = t.data()
+    if len(data) != t.nbytes:
+        raise CkptError(f"{key}: {len(data)} bytes for shape {list(t.shape)} {t.dtype}")
+    return data, (zlib.crc32(data) if t.crc is None else t.crc)
+
+
 # --- torch zip ---------------------------------------------------------------------------------------------
+# Written by hand, byte for byte what zipfile writes for these entries (STORED, 1980-01-01, 64-byte aligned
+# data via torch's 'FB' padding record, ZIP64 where zipfile would use it), so that each entry's CRC is computed
+# once, by the producer, instead of again by zipfile.
+ZIP64_LIMIT = (1 << 31) - 1
+_DOSDATE = 1 << 5 | 1           # 1980-01-01
+_CREATE_SYSTEM = 0 if os.name == "nt" else 3
+
+
 def write_torch_zip(f, meta: dict | None, tensors: Iterable[tuple[str, OutTensor]], weights_key="state_dict",
-                    on_tensor: Callable[[str, bytes], None] | None = None) -> None:
+                    on_tensor: Callable[[str, bytes], None] | None = None) -> Written:
     """Write `{"meta": meta, weights_key: OrderedDict(tensors)}` (or the bare state dict if weights_key is None)
     as a torch zip archive to the seekable binary file `f`. Tensors are read and written one at a time."""
-    records = []
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for i, (key, t) in enumerate(tensors):
-            nbytes = t.nbytes
-            data = t.data()
-            if len(data) != nbytes:
-                raise CkptError(f"{key}: {len(data)} bytes for shape {list(t.shape)} {t.dtype}")
-            _write_aligned(zf, f"archive/data/{i}", data, nbytes)
-            if on_tensor is not None:
-                on_tensor(key, data)
-            records.append((key, t, str(i)))
-        root = {"meta": meta or {}, weights_key: records} if weights_key else records
-        _write_aligned(zf, "archive/data.pkl", _pickle_root(root), None)
-        _write_aligned(zf, "archive/byteorder", b"little", None)
-        _write_aligned(zf, "archive/version", b"3\n", None)
+    out, entries, records = Written(f), [], []
+    for i, (key, t) in enumerate(tensors):
+        data, crc = _tensor_bytes(key, t)
+        entries.append(_zip_entry(out, f"archive/data/{i}", data, crc))
+        out.tensors += 1
+        if on_tensor is not None:
+            on_tensor(key, data)
+        records.append((key, t, str(i)))
+        del data
+    root = {"meta": meta or {}, weights_key: records} if weights_key else records
+    for name, data in (("archive/data.pkl", _pickle_root(root)), ("archive/byteorder", b"little"),
+                       ("archive/version", b"3\n")):
+        entries.append(_zip_entry(out, name, data, zlib.crc32(data)))
+    out.put(_central_directory(entries, f.tell()))
+    return out
 
 
-def _write_aligned(zf: zipfile.ZipFile, name: str, data, nbytes: int | None) -> None:
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_STORED
-    size = len(data) if nbytes is None else nbytes
-    info.file_size = size
-    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
-    start = zf.fp.tell() + 30 + len(name.encode()) + (20 if zip64 else 0)
-    pad = (-(start + 4)) % ALIGN
-    info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # 'FB' padding record, as torch writes
-    with zf.open(info, "w", force_zip64=zip64) as out:
-        out.write(data)
+def _zip_entry(out: Written, name: str, data, crc: int) -> tuple:
+    raw, size = name.encode(), len(data)
+    zip64 = size * 1.05 > ZIP64_LIMIT       # zipfile's rule for entries written through ZipFile.open
+    offset = out.f.tell()
+    pad = (-(offset + 30 + len(raw) + (20 if zip64 else 0) + 4)) % ALIGN
+    extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+    version = 45 if zip64 else 20
+    local = extra + (struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b"")
+    shown = 0xFFFFFFFF if zip64 else size
+    header = struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", version, 0, 0, 0, 0, _DOSDATE, crc, shown, shown,
+                         len(raw), len(local)) + raw + local
+    out.put(header)
+    out.put(data, crc)
+    return raw, extra, size, crc, offset, version
+
+
+def _central_directory(entries, start: int) -> bytes:
+    cd = bytearray()
+    for raw, extra, size, crc, offset, version in entries:
+        big = [size, size] if size > ZIP64_LIMIT else []
+        if offset > ZIP64_LIMIT:
+            big.append(offset)
+        if big:
+            extra = struct.pack("<HH" + "Q" * len(big), 1, 8 * len(big), *big) + extra
+            version = 45
+        shown = 0xFFFFFFFF if size > ZIP64_LIMIT else size
+        cd += struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", version, _CREATE_SYSTEM, version, 0, 0, 0, 0,
+                          _DOSDATE, crc, shown, shown, len(raw), len(extra), 0, 0, 0, 0o600 << 16,
+                          0xFFFFFFFF if offset > ZIP64_LIMIT else offset)
+        cd += raw + extra
+    count, cd_size, end = len(entries), len(cd), start + len(cd)
+    if count > 0xFFFF or start > ZIP64_LIMIT or cd_size > ZIP64_LIMIT:
+        cd += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, start)
+        cd += struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+        count, cd_size, start = min(count, 0xFFFF), min(cd_size, 0xFFFFFFFF), min(start, 0xFFFFFFFF)
+    cd += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, start, 0)
+    return bytes(cd)
 
 
 def _pickle_root(root) -> bytes:
@@ -175,23 +250,58 @@ def _emit_tensor(t: OutTensor, key: str, out: bytearray) -> None:
     for n in reversed(t.shape):
         stride.append(acc)
         acc *= max(n, 1)
-    out += b"ctorch._utils\n_rebuild_tensor_v2\n("
-    out += b"(X\x07\x00\x00\x00storage" + f"ctorch\n{d.storage}\n".encode()
+    if d.is_quantized:
+        raise CkptError(f"{key}: quantized tensors ({d.name}) cannot be written by ckpt")
+    # dtypes without a typed storage class (float8 family, complex32, bits*, uint16+) are saved the way torch
+    # saves them: an UntypedStorage counted in bytes, and _rebuild_tensor_v3 naming the dtype
+    v3 = d.storage is None
+    out += b"ctorch._utils\n_rebuild_tensor_v3\n(" if v3 else b"ctorch._utils\n_rebuild_tensor_v2\n("
+    storage_class = "torch.storage\nUntypedStorage" if v3 else f"torch\n{d.storage}"
+    out += b"(X\x07\x00\x00\x00storage" + f"c{storage_class}\n".encode()
     _emit(key, out)
     _emit("cpu", out)
-    _emit(numel, out)
+    _emit(numel * d.itemsize if v3 else numel, out)
     out += b"tQ"            # persistent id tuple, BINPERSID
     _emit(0, out)           # storage offset
     _emit(tuple(t.shape), out)
     _emit(tuple(reversed(stride)), out)
-    out += b"\x89ccollections\nOrderedDict\n)Rt"  # requires_grad=False, backward hooks, end args
-    out += b"R"
+    out += b"\x89ccollections\nOrderedDict\n)R"  # requires_grad=False, backward hooks
+    if v3:
+        out += f"ctorch\n{d.name}\n".encode()
+    out += b"tR"
 
 
 # --- safetensors ----------------------------------------------------------------------------------------------
 def write_safetensors(f, meta: dict | None, tensors: Iterable[tuple[str, OutTensor]],
-                      on_tensor: Callable[[str, bytes], None] | None = None) -> None:
+                      on_tensor: Callable[[str, bytes], None] | None = None,
+                      final_meta: Callable[[], dict] | None = None) -> Written:
+    """Write a safetensors file. The header (with `meta`) comes first; `final_meta`, if given, is called after the
+    data and its header (which must have the same length, e.g. digests filled in for same-length placeholders) is
+    written over the first one."""
     items = list(tensors)
+    header = safetensors_header(meta, items)
+    out = Written(f)
+    out.put(header)
+    for key, t in items:
+        data, crc = _tensor_bytes(key, t)
+        out.put(data, crc)
+        out.tensors += 1
+        if on_tensor is not None:
+            on_tensor(key, data)
+        del data
+    if final_meta is not None:
+        final = safetensors_header(final_meta(), items)
+        if len(final) != len(header):
+            raise CkptError("safetensors header changed length after the data was written")
+        end = f.tell()
+        f.seek(0)
+        f.write(final)
+        f.seek(end)
+        out.segments[0] = (0, len(final), zlib.crc32(final))
+    return out
+
+
+def safetensors_header(meta: dict | None, items) -> bytes:
     header, offset = {}, 0
     for key, t in items:
         st = BY_NAME[t.dtype].st
@@ -203,14 +313,7 @@ def write_safetensors(f, meta: dict | None, tensors: Iterable[tuple[str, OutTens
         header["__metadata__"] = {"format": "pt", "ckpt_meta": json.dumps(meta, default=str)}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((-len(raw)) % 8)
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    for key, t in items:
-        data = t.data()
-        if len(data) != t.nbytes:
-            raise CkptError(f"{key}: {len(data)} bytes for shape {list(t.shape)} {t.dtype}")
-        f.write(data)
-        if on_tensor is not None:
-            on_tensor(key, data)
+    return struct.pack("<Q", len(raw)) + raw
 
 
 # --- atomic output ----------------------------------------------------------------------------------------
@@ -287,22 +390,28 @@ def atomic_output(path, *, force: bool = False, inputs: Iterable = (), mode: str
         fd, tmp = _open_temp(directory, base)
         f = None
         try:
-            if append and os.path.exists(path):
-                with open(path, "rb") as old:
-                    _copy(old.fileno(), fd)
-            raw = os.fdopen(fd, "r+b", closefd=False)
-            raw.seek(0, os.SEEK_END)
-            f = raw if mode.endswith("b") else io.TextIOWrapper(raw, encoding=encoding, newline="")
-            yield f
-            if not f.closed:
-                f.flush()
-            os.fsync(fd)
-            _refuse_inputs(path, inputs)
-            _publish(fd, tmp, path, replace=force or append)
-            tmp = None
+            try:
+                if append and os.path.exists(path):
+                    with open(path, "rb") as old:
+                        _copy(old.fileno(), fd)
+                raw = os.fdopen(fd, "r+b", closefd=False)
+                raw.seek(0, os.SEEK_END)
+                f = raw if mode.endswith("b") else io.TextIOWrapper(raw, encoding=encoding, newline="")
+                yield f
+                if not f.closed:
+                    f.flush()
+                os.fsync(fd)
+                _refuse_inputs(path, inputs)
+                _publish(fd, tmp, path, replace=force or append)
+                tmp = None
+            except OSError as exc:   # ENOSPC, EDQUOT, EIO, EFBIG: one line, and nothing is left behind
+                raise CkptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         finally:
             if f is not None and not f.closed:
-                f.close()
+                try:
+                    f.close()
+                except OSError:   # unflushed bytes of a failed write: the file is discarded anyway
+                    pass
             os.close(fd)
             if tmp is not None:
                 _unlink(tmp)
@@ -348,6 +457,9 @@ def scratch_file(near, suffix: str = "") -> Iterator[str]:
     """A hidden name next to `near` for an intermediate file that a path-based step needs (e.g. `average
     --update-bn`: average, recalibrate in place, then `publish_file`). The file is removed when the block ends,
     on an error, SIGTERM or SIGINT; files left by a SIGKILLed run (their pid gone) are removed on the next call."""
+    import secrets
+    import socket
+
     near = os.path.abspath(os.fspath(near))
     directory, base = os.path.split(near)
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
@@ -382,6 +494,8 @@ def _publish(fd: int | None, tmp: str | None, path: str, replace: bool) -> None:
         except FileExistsError:
             if not replace:
                 raise CkptError(f"{path} exists; pass --force to replace it") from None
+            import secrets
+
             hidden = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
             _link_fd(fd, hidden)
             try:
@@ -423,6 +537,8 @@ def _open_temp(directory: str, base: str) -> tuple[int, str | None]:
             return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o644), None
         except OSError:
             pass
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     os.fchmod(fd, 0o644 & ~_umask())
     return fd, name
@@ -474,10 +590,14 @@ _signal_depth = 0
 @contextlib.contextmanager
 def _signals_clean_up():
     """While an output is open, SIGTERM raises `Terminated` (SIGINT already raises KeyboardInterrupt) so that
-    `finally` blocks remove temp files. Only in the main thread, and only over the default handler."""
+    `finally` blocks remove temp files. Only in the main thread (where Python runs handlers), only over the
+    default handler, installed by the outermost block."""
     global _signal_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     installed = False
-    if _signal_depth == 0 and threading.current_thread() is threading.main_thread():
+    if _signal_depth == 0:
         try:
             installed = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
             if installed:
@@ -510,39 +630,20 @@ def _fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
-def save(path: str, state_dict: Iterable[tuple[str, object]] | dict, meta: dict | None = None,
-         inputs: Iterable[str] = (), force: bool = False, verify_extra: Callable[[str], None] | None = None) -> dict:
-    """Write `{"meta", "state_dict"}` to `path` (torch zip, or safetensors when it ends in .safetensors),
-    atomically, verified by re-reading every tensor and comparing CRC32s. Returns {"path", "tensors", "bytes"}."""
+def save(path, state_dict: Iterable[tuple[str, object]] | dict, meta: dict | None = None,
+         inputs: Iterable = (), force: bool = False, verify_extra: Callable[[str], None] | None = None) -> dict:
+    """Write `{"meta", "state_dict"}` to `path` (torch zip, or safetensors when it ends in .safetensors) through
+    `atomic_output`, verified before it is named: every byte read back against the CRC32 computed when it was
+    produced (`Written.verify`), then `verify_extra(readable_path)` if given. Returns {"path", "tensors", "bytes"}."""
     items = state_dict.items() if isinstance(state_dict, dict) else state_dict
     tensors: Iterator[tuple[str, OutTensor]] = ((k, out_tensor(v)) for k, v in items)
-    crcs: dict[str, int] = {}
-
-    def record(key, data):
-        crcs[key] = zlib.crc32(data)
-
-    def write(f):
+    with atomic_output(path, force=force, inputs=inputs) as f:
         if str(path).endswith(".safetensors"):
-            write_safetensors(f, meta, tensors, on_tensor=record)
+            written = write_safetensors(f, meta, tensors)
         else:
-            write_torch_zip(f, meta, tensors, on_tensor=record)
-
-    def verify(readable: str):
-        verify_file(readable, crcs)
+            written = write_torch_zip(f, meta, tensors)
+        written.verify(os.path.basename(os.fspath(path)))
         if verify_extra is not None:
-            verify_extra(readable)
-
-    written = atomic_write(path, write, verify, inputs=inputs, force=force)
-    return {"path": written, "tensors": len(crcs), "bytes": os.path.getsize(written)}
-
-
-def verify_file(path: str, crcs: dict[str, int]) -> None:
-    """Re-read a written file with our reader; every tensor must be present with the bytes written."""
-    from ckpttool.io.checkpoint import load
-
-    sd = load(path).state_dict()
-    if set(sd) != set(crcs):
-        raise CkptError(f"verification failed: written keys differ ({len(sd)} read, {len(crcs)} written)")
-    for key, t in sd.items():
-        if zlib.crc32(_contiguous(t.raw())) != crcs[key]:
-            raise CkptError(f"verification failed: {key} reads back different bytes")
+            verify_extra(readable_path(f))
+        size = f.tell()
+    return {"path": os.path.abspath(os.fspath(path)), "tensors": written.tensors, "bytes": size}

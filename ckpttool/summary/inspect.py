@@ -42,8 +42,14 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
         "scalars": training.last_scalars(root.get("message_hub")),
         "ema": training.ema_summary(root, ck.layout.kind),
         "foreign_globals": ck.foreign_globals, "suspicious_globals": ck.suspicious_globals, "trusted": ck.trusted,
+        "safety": {"verdict": ck.verdict, "summary": ck.safety_summary,
+                   "globals": [{k: u[k] for k in ("name", "use", "verdict", "allowed_by", "count", "detail")}
+                               for u in ck.global_uses]},
         "notes": notes,
     }
+    special = special_tensors(sd)
+    if special:
+        result["special_tensors"] = special
     if sd.stripped_prefix:
         result["notes"].append(f"prefix {sd.stripped_prefix!r} stripped (every key had it)")
     if config:
@@ -54,6 +60,14 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
     if stats:
         _add_stats(result, shown, depth, on_tensor)
     return result
+
+
+def special_tensors(sd) -> list[dict]:
+    """Quantized, sparse, nested and meta tensors: facts only (they are not in the module numbers)."""
+    from ckpttool.io.tensor import SpecialTensor
+
+    return [{"key": k, "layout": v.layout, "dtype": v.dtype, "shape": list(v.shape), **v.info}
+            for k, v in sd.extras.items() if isinstance(v, SpecialTensor)]
 
 
 def _add_stats(result: dict, sd, depth: int, on_tensor=None) -> None:

@@ -166,7 +166,7 @@ def scan(work_dir: str, collapse_drop: float = DEFAULT_COLLAPSE, modes: dict | N
     last = os.path.join(work_dir, "last_checkpoint")
     return {"work_dir": work_dir, "unit": unit, "sources": sources, "collapse_drop": collapse_drop,
             "metrics": metrics, "rows": rows, "checkpoints": ckpts,
-            "last_checkpoint": open(last).read().strip() if os.path.isfile(last) else None}
+            "last_checkpoint": _read_text(last).strip() if os.path.isfile(last) else None}
 
 
 def _row(unit: str, step: int) -> dict:
@@ -262,3 +262,8 @@ def choose(work_dir: str, last=None, best=None, metric=None, mode=None, every=Fa
     selected = [{"checkpoint": r["checkpoint"], "epoch": r["epoch"], "iter": r["iter"],
                  "metric": r["metrics"].get(metric) if metric else None} for r in rows]
     return [r["path"] for r in rows], known, selected
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
