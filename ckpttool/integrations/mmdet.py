@@ -321,25 +321,18 @@ def _cache_load(directory, key, img_paths):
 
 
 def _cache_save(directory, key, img_paths, res: ViewResult):
-    import tempfile
+    import io
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    p = d / f"view-{key[:24]}.npz"
+    from ckpttool.io.write import write_bytes
+
     meta = {"key": key, "img_paths": list(img_paths), "meta": res.meta}
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)),
-                     counts=np.array([len(s) for s in res.scores], dtype=np.int64),
-                     bboxes=np.concatenate(res.bboxes).reshape(-1, 4).astype(np.float32),
-                     scores=np.concatenate(res.scores).astype(np.float32),
-                     labels=np.concatenate(res.labels).astype(np.int64))
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), counts=np.array([len(s) for s in res.scores], dtype=np.int64),
+             bboxes=np.concatenate(res.bboxes).reshape(-1, 4).astype(np.float32),
+             scores=np.concatenate(res.scores).astype(np.float32),
+             labels=np.concatenate(res.labels).astype(np.int64))
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    write_bytes(Path(directory) / f"view-{key[:24]}.npz", buf.getvalue(), force=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,8 +359,10 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
                       cache=None, device=None, launcher="none", limit=None, protocol="mlpd", setup="Reasonable",
                       curves=False) -> dict:
     """Run CONFIG + CHECKPOINT on its test set under each TTA setting; KAIST rows per setting (see module doc)."""
+    from ckpttool.engine.dist import Dist
+    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, quiet_mmengine_logs
     from ckpttool.metrics import kaist as K
-    from ckpttool.metrics.kaist_io import load_annotations
+    from ckpttool.metrics.kaist_io import image_index, load_annotations
 
     if limit is not None and int(limit) < 1:
         raise CkptError("--limit must be a positive integer")
@@ -379,54 +374,21 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
     if dump and Path(dump).exists() and not Path(dump).is_dir():
         raise CkptError(f"--dump {dump}: exists and is not a directory")
     cfg = load_detector_config(config, cfg_options, project_root)
-
-    import torch
-
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, quiet_mmengine_logs
-
     t0 = time.perf_counter()
-    from ckpttool.engine.dist import Dist
-
     with Dist(launcher, device) as dist, quiet_mmengine_logs():
         model = build_model(cfg, device)
         weights = load_checkpoint(model, checkpoint, strict=True)
         dataset, test_pipeline = build_test_dataset(cfg)
         n = len(dataset) if limit is None else min(len(dataset), int(limit))
         infos = [dataset.get_data_info(i) for i in range(n)]
-        img_paths = [str(info.get("img_path", "")) for info in infos]
-        from ckpttool.metrics.kaist_io import image_index
-
-        ann_index = image_index(annotation, img_paths, lambda k: f"test image {k}")
+        ann_index = image_index(annotation, [str(i.get("img_path", "")) for i in infos], lambda k: f"test image {k}")
 
         views_of = {s.name: setting_views(s, cfg, test_pipeline) for s in settings}
         distinct = {}
         for s in settings:
             for p in views_of[s.name]:
                 distinct.setdefault(view_key(p), p)
-        from ckpttool.plain import plain
-
-        fingerprint = {"model": plain(cfg.model, max_depth=1000), "dataset": plain(
-            {k: v for k, v in _innermost(cfg.test_dataloader.dataset).items() if k != "pipeline"}, max_depth=1000)}
-        ck_sha = None
-        results, cached, passes = {}, [], 0
-        t_infer = 0.0
-        for key, pipeline in distinct.items():
-            if cache:
-                from ckpttool.io.hashing import digest
-
-                ck_sha = ck_sha or digest(checkpoint)
-                hit = _cache_load(cache, _cache_key(fingerprint, ck_sha, key), img_paths)
-                if hit is not None:
-                    results[key] = hit
-                    cached.append(key)
-                    continue
-            t1 = time.perf_counter()
-            res, k = _run_view(model, pipeline, infos, dist, f"view {key}")
-            t_infer += time.perf_counter() - t1
-            passes += k
-            results[key] = res
-            if cache and dist.rank == 0:
-                _cache_save(cache, _cache_key(fingerprint, ck_sha, key), img_paths, res)
+        results, cached, passes, t_infer = _collect_views(cfg, model, checkpoint, distinct, infos, dist, cache)
         # every rank holds the gathered views: the rows are computed on each (as the engine does), files on rank 0
         merger = build_merger(cfg, model) if any(len(v) > 1 for v in views_of.values()) else None
         methods = []
@@ -434,18 +396,13 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
         for s in settings:
             keys = [view_key(p) for p in views_of[s.name]]
             merged = _merge(keys, results, merger, n)
-            det = _detections(sub, merged, s.name)
-            row = K.evaluate_detections(sub, det, setup, protocol if curves else None)
-            head = row["protocols"][protocol]
-            row = {"name": s.name, "MR": head["MR"], "recall": head["recall"], **row, "file": None}
-            row["views"] = keys
-            row["evaluator"] = _run_evaluator(cfg, dataset, infos, merged, dist)
-            row["notes"] = K.explain(row)
-            methods.append(row)
+            methods.append(_setting_row(s.name, keys, merged, sub, cfg, dataset, infos, dist, protocol, setup,
+                                        curves))
             if dump and dist.rank == 0:
                 write_dumps(dump, s.name, merged, sub, ann_index)
     return {
-        "task": "kaist", "mode": "model", "world_size": dist.world, "config": str(config), "checkpoint": str(checkpoint),
+        "task": "kaist", "mode": "model", "world_size": dist.world, "config": str(config),
+        "checkpoint": str(checkpoint),
         "protocol": protocol, "setup": setup, "annotation": str(ann), "device": device,
         "limit": None if limit is None else n, "num_test_images": len(dataset),
         "num_images": {"all": int(len(sub.image_ids)), "day": int(sub.day.sum()), "night": int((~sub.day).sum())},
@@ -456,6 +413,44 @@ def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, pro
                    "images_per_s": (passes / t_infer) if t_infer else None},
         "methods": methods,
     }
+
+
+def _setting_row(name, keys, merged, sub, cfg, dataset, infos, dist, protocol, setup, curves) -> dict:
+    """One setting's KAIST row (the keys of ``--preds`` rows) plus its ``views`` and the config's evaluator."""
+    from ckpttool.metrics import kaist as K
+
+    row = K.evaluate_detections(sub, _detections(sub, merged, name), setup, protocol if curves else None)
+    head = row["protocols"][protocol]
+    row = {"name": name, "MR": head["MR"], "recall": head["recall"], **row, "file": None, "views": keys,
+           "evaluator": _run_evaluator(cfg, dataset, infos, merged, dist)}
+    row["notes"] = K.explain(row)
+    return row
+
+
+def _collect_views(cfg, model, checkpoint, distinct: dict, infos, dist, cache):
+    """Predictions of every distinct view: from the cache where it has them, else one pass over the images."""
+    from ckpttool.io.hashing import digest
+    from ckpttool.plain import plain
+
+    img_paths = [str(info.get("img_path", "")) for info in infos]
+    fingerprint = {"model": plain(cfg.model, max_depth=1000), "dataset": plain(
+        {k: v for k, v in _innermost(cfg.test_dataloader.dataset).items() if k != "pipeline"}, max_depth=1000)}
+    ck_sha = digest(checkpoint) if cache else None
+    results, cached, passes, t_infer = {}, [], 0, 0.0
+    for key, pipeline in distinct.items():
+        cache_key = _cache_key(fingerprint, ck_sha, key) if cache else None
+        hit = _cache_load(cache, cache_key, img_paths) if cache else None
+        if hit is not None:
+            results[key] = hit
+            cached.append(key)
+            continue
+        t1 = time.perf_counter()
+        results[key], k = _run_view(model, pipeline, infos, dist, f"view {key}")
+        t_infer += time.perf_counter() - t1
+        passes += k
+        if cache and dist.rank == 0:
+            _cache_save(cache, cache_key, img_paths, results[key])
+    return results, cached, passes, t_infer
 
 
 def _run_view(model, pipeline, infos, dist, label):
