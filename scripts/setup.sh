@@ -30,6 +30,9 @@ quiet $cpip install -c constraints.txt --no-deps -r requirements/genuine-nodeps.
 # (tests/test_numpy2.py runs the same files through both and compares).
 [ -x .venv-np2/bin/python ] || "$PY" -m venv .venv-np2
 quiet .venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>=2,<3' 'click>=8.1' 'tabulate>=0.9' 'pyyaml>=6'
+# The [mmdet] extra in its own environment: mmdet 3.x needs mmcv *with compiled ops*, mmaction2 runs on mmcv-lite,
+# and both install the same `mmcv` package folder, so they never share a venv (tests marked `mmdet` run here).
+bash scripts/setup_mmdet.sh
 rm -f "$VENV"/.ckpt-setup-*
 touch "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2
