@@ -243,3 +243,46 @@ def plot_confusion(confusion, labels, path: str, title: str = "", force: bool = 
             "confusion": [[int(v) for v in row] for row in confusion]}
     return {"files": [style.save_figure(confusion_figure(confusion, labels, title), path, force, inputs)["path"]],
             "data": data}
+
+
+# --- training curves (`ckpt runs --plot`) ---------------------------------------------------------------------------
+def runs_figure(info: dict, path: str, names=None, force: bool = True) -> str:
+    """`ckpt runs DIR --plot FILE`: validation curves per stream (one panel each, or one panel for a single-stream
+    run), the lr in effect during each epoch on a second axis, collapses marked. `info` is `workdirs.runs.scan()`'s
+    result; `names` the metrics to draw (default: all). The file the user names is (re)drawn, atomically."""
+    from ckpttool.workdirs.runs import stream_label, stream_of
+
+    try:
+        style.figure_format(path)
+    except CkptError as exc:
+        raise CkptError(f"--plot {exc}") from None
+    names = [n for n in (names or info["metrics"]) if n in info["metrics"]]
+    panels: dict = {}
+    for n in names:
+        panels.setdefault(stream_of(n)[0] if info.get("streams") else None, []).append(n)
+    label = {n: stream_of(n)[1] if info.get("streams") else n for n in names}
+    look = style.series_styles(label[n] for n in names)   # a metric keeps its look in every stream's panel
+    steps = [r["step"] for r in info["rows"]]
+    lrs = [r["train"].get("lr") for r in info["rows"]]
+    with style.context():
+        fig, axes = style.new_figure(ncols=max(len(panels), 1))
+        for ax, (stream, metrics) in zip(axes, panels.items()):
+            for n in metrics:
+                s = info["metrics"][n]
+                scale = 100.0 if s["percent"] else 1.0
+                pts = [(r["step"], scale * r["metrics"][n]) for r in info["rows"] if n in r["metrics"]]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label[n], gid=n, **look[label[n]])
+                for c in s["collapses"]:
+                    ax.scatter([c["to_step"]], [scale * c["to"]], marker="x", color="#cc0000", s=40, zorder=5)
+            ax.set_title(stream_label(stream) if stream else os.path.basename(os.path.normpath(info["work_dir"])))
+            ax.set_xlabel(str(info["unit"]).capitalize())
+            ax.set_ylabel("Accuracy (%)" if all(info["metrics"][n]["percent"] for n in metrics) else "Value")
+            style.legend(ax, loc="lower left")
+            if any(v is not None for v in lrs):
+                ax2 = ax.twinx()
+                ax2.grid(False)
+                ax2.plot([s for s, v in zip(steps, lrs) if v is not None], [v for v in lrs if v is not None],
+                         color="#777777", linestyle="--", linewidth=0.8)
+                ax2.set_ylabel("lr (in effect)", color="#777777")
+                ax2.set_yscale("log")
+    return style.save_figure(fig, path, force=force)["path"]

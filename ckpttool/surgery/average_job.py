@@ -6,8 +6,8 @@ from ckpttool.errors import CkptError
 
 
 def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metric=None, mode=None, weights=None,
-                greedy=False, eval_cmd=None, update_bn=None, bn_batches=100, cfg_options=None, force=False,
-                device=None, progress=None, **common) -> dict:
+                select_metric=None, greedy=False, eval_cmd=None, update_bn=None, bn_batches=100, cfg_options=None,
+                force=False, device=None, progress=None, **common) -> dict:
     """What ``ckpt average`` does, for scripts and notebooks; returns its ``--format json`` object.
 
     ``paths``: checkpoints, or ``work_dir`` with ``last=N`` / ``best=N, metric=NAME`` (``greedy``: every
@@ -18,14 +18,16 @@ def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metr
     published as ``out``. ``progress``: bars on stderr (ckpttool.report.progress)."""
     if device and not update_bn:
         raise CkptError("--device is where --update-bn runs the model; averaging itself needs no device")
-    paths, known, selected = _inputs(list(paths), work_dir, last, best, metric, mode, greedy)
+    paths, known, selected = _inputs(list(paths), work_dir, last, best, select_metric or metric, mode, greedy)
+    if select_metric and select_metric != metric:
+        known = None   # logged values of another metric than the soup's: the soup evaluates its own
     job = dict(weights=weights, greedy=greedy, metric=metric, mode=mode, eval_cmd=eval_cmd, known=known,
                progress=progress, **common)
     result = _with_update_bn(paths, out, update_bn, bn_batches, cfg_options, force, job, device) if update_bn \
         else _average(paths, out, force, **job)
     if selected is not None:
         result["selected"] = selected
-        result.setdefault("metric", metric)
+        result.setdefault("metric", select_metric or metric)
     return result
 
 
