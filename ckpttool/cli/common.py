@@ -9,7 +9,7 @@ import click
 
 from ckpttool.errors import CheckFailed, CkptError
 from ckpttool.report import progress
-from ckpttool.report.output import FORMATS, emit, format_names
+from ckpttool.report.output import FORMATS, emit, format_names, library_output_to_stderr
 
 
 class FormatType(click.ParamType):
@@ -44,7 +44,7 @@ def output_options(fn):
 
         progress.set_quiet(quiet)
         try:
-            with policy(allow_globals, strict):
+            with library_output_to_stderr(quiet), policy(allow_globals, strict):
                 return fn(*args, fmt=fmt, **kwargs)
         except CheckFailed as exc:
             if str(exc):
@@ -76,8 +76,12 @@ def fail(exc: BaseException, debug: bool, unexpected: bool = False) -> None:
 
 
 def finish(result: dict, tables, fmt: str, failed: str | None = None) -> None:
-    """Print the result; exit 1 afterwards if a requested check failed (the report is printed first)."""
-    emit(result, tables, fmt)
+    """Print the result; exit 1 afterwards if a requested check failed (the report is printed first). Under
+    torchrun only rank 0 prints (every rank holds the same gathered result)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        emit(result, tables, fmt)
     if failed:
         raise CheckFailed(failed)
 
