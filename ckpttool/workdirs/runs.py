@@ -36,7 +36,8 @@ STREAM_RE = re.compile(r"^(?:(?P<prefix>[^/]+)/)?(?P<stream>[^/]+?)_(?P<kind>top
 TRAIN_KEYS = ("lr", "loss", "grad_norm")
 SPIKE = 2.0               # an epoch's max loss above SPIKE x the previous epoch's mean loss
 MIN_POINTS = 0.05         # a fraction-logged accuracy must drop by 5 points to be a collapse (10% -> 7% is noise)
-VAL_RE = re.compile(r"\b(Epoch|Iter)\(val\)\s*(?:\[\s*(\d+)\])?\s*\[\s*\d+/\s*\d+\]\s+(.*)$")
+# one \s* before each bracket, never two in a row: `Epoch(val)` + 100k spaces must not backtrack quadratically
+VAL_RE = re.compile(r"\b(Epoch|Iter)\(val\)\s*(?:\[\s*(\d+)\]\s*)?\[\s*\d+/\s*\d+\]\s+(.*)$")
 TRAIN_RE = re.compile(r"\b(Epoch|Iter)\(train\)\s*\[\s*(\d+)\s*[\]/]")
 NOT_METRICS = {"eta", "time", "data_time", "memory", "lr", "loss", "step", "epoch", "iter"}
 MIN_RE = re.compile(r"loss|error|(^|[/_])(err|mr|eer|fpr|wer|cer|miss)([/_]|$)", re.I)
