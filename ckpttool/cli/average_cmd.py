@@ -27,7 +27,10 @@ from ckpttool.workdirs.runs import is_percent
 @click.option("--work-dir", type=click.Path(), help="Take the checkpoints from an mmengine work_dir.")
 @click.option("--last", type=int, metavar="N", help="With --work-dir: the last N checkpoints.")
 @click.option("--best", type=int, metavar="N", help="With --work-dir: the N best by --metric.")
-@click.option("--metric", metavar="NAME", help="Metric for --best / --greedy (e.g. acc/top1).")
+@click.option("--metric", metavar="NAME", help="Metric for --best / --greedy (e.g. acc/top1; with --eval-cmd "
+                                              "'ckpt eval … --format json' a key of its `metrics`, e.g. pose/top1).")
+@click.option("--select-metric", metavar="NAME", help="With --work-dir: the logged metric that chooses --best "
+                                                      "checkpoints when it differs from the --eval-cmd --metric.")
 @click.option("--mode", type=click.Choice(["max", "min"]), help="Better is max or min (default from the name).")
 @click.option("--greedy", is_flag=True, help="Greedy soup: keep an ingredient only if --eval-cmd's metric "
                                             "does not get worse.")
@@ -38,7 +41,7 @@ from ckpttool.workdirs.runs import is_percent
 @click.option("--cfg-options", cls=MultiOption, metavar="K=V", help="Override entries of the --update-bn config.")
 @output_options
 def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersection, force, work_dir, last, best,
-                metric, mode, greedy, eval_cmd, update_bn, bn_batches, cfg_options, fmt):
+                metric, select_metric, mode, greedy, eval_cmd, update_bn, bn_batches, cfg_options, fmt):
     """Average the weights of CHECKPOINTS (or of checkpoints chosen from --work-dir) into OUT.
 
     Floating tensors are averaged in float64 and written in their dtype; integer buffers follow --int-buffers.
@@ -47,6 +50,7 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     from ckpttool.surgery.average_job import run_average
 
     result = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
+                         select_metric=select_metric,
                          weights=weights, greedy=greedy, eval_cmd=eval_cmd, update_bn=update_bn,
                          bn_batches=bn_batches, cfg_options=cfg_options, force=force, section=section,
                          int_buffers=int_buffers, dtype=dtype, intersection=intersection)

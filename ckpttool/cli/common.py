@@ -9,7 +9,7 @@ import click
 
 from ckpttool.errors import CheckFailed, CkptError
 from ckpttool.report import progress
-from ckpttool.report.output import FORMATS, emit, format_names
+from ckpttool.report.output import FORMATS, emit, format_names, library_output_to_stderr
 
 
 class FormatType(click.ParamType):
@@ -44,7 +44,7 @@ def output_options(fn):
 
         progress.set_quiet(quiet)
         try:
-            with policy(allow_globals, strict):
+            with library_output_to_stderr(quiet), policy(allow_globals, strict):
                 return fn(*args, fmt=fmt, **kwargs)
         except CheckFailed as exc:
             if str(exc):

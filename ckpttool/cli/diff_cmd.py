@@ -51,23 +51,47 @@ def tables(r: dict, all_keys: bool = False) -> list[Table]:
         if r[name]:
             rows = [[m["key"], _short(m["a"]), _short(m["b"])] for m in r[name][:SHOW]]
             out.append(Table(["key", "A", "B"], rows, title=title, notes=_more(r[name])))
-    mrows = [[m["name"], m["tensors"], m["changed"], m["rel_l2"], m["max_abs"], m["cosine"], _nonfinite(m)]
-             for m in r["modules"]]
-    out.append(Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], mrows,
-                     title=f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖", primary=True,
-                     formats={3: fmt_num, 4: fmt_num, 5: _cosine}))
+    out.append(module_table(r["modules"], f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖ of their "
+                                          f"floating parameters"))
     changed = r["changed_tensors"] if all_keys else r["changed_tensors"][:10]
     if changed:
-        trows = [[t["key"], Cell(t["rel_l2"], fmt_num), Cell(t["max_abs"], fmt_num), Cell(t["cosine"], _cosine),
-                  _nonfinite(t)] for t in changed]
+        trows = [[t["key"], t["kind"], f"{t['changed_elements']}/{t['numel']}", Cell(t["rel_l2"], fmt_num),
+                  Cell(t["max_abs"], fmt_num), Cell(t["cosine"], _cosine),
+                  _nonfinite(t) or (f"{t['a']} -> {t['b']}" if "delta" in t else "")] for t in changed]
         more = len(r["changed_tensors"]) - len(changed)
-        out.append(Table(["tensor", "rel L2", "max |b-a|", "cosine", "NaN/Inf in B"], trows,
+        out.append(Table(["tensor", "kind", "changed elems", "rel L2", "max |b-a|", "cosine", "NaN/Inf / value"], trows,
                          title="Changed tensors", notes=[f"… {more} more (--keys lists all)"] if more else []))
     if "config" in r:
         crows = [[c["key"], _value(c["a"], c["change"] == "added"), _value(c["b"], c["change"] == "removed")]
                  for c in r["config"]]
         out.append(Table(["config key", "A", "B"], crows, title="Config differences"))
     return out
+
+
+def module_table(modules: list[dict], title: str, limit: int | None = None) -> Table:
+    """The module ranking (also `ckpt runs --explain`): parameters' numbers, buffers' rel L2 apart, integer
+    counters by value."""
+    from ckpttool.comparison.diff import integer_text
+
+    shown = modules if limit is None else modules[:limit]
+    rows = [[m["name"], m["tensors"], m["changed"], m["rel_l2"], m["max_abs"], m["cosine"],
+             Cell(m["norm_b"] / m["norm_a"] if m.get("norm_a") else None, lambda x: f"{x:.3f}"),
+             (m["buffers"] or {}).get("rel_l2"),
+             _integers(m["integer"], integer_text),
+             _nonfinite(m)] for m in shown]
+    notes = [f"… {len(modules) - len(shown)} more modules"] if len(shown) < len(modules) else []
+    return Table(["module", "tensors", "changed", "rel L2", "max |b-a|", "cosine", "norm b/a", "buffers rel L2",
+                  "integer", "NaN/Inf in B"], rows, title=title, primary=True, notes=notes,
+                 formats={3: fmt_num, 4: fmt_num, 5: _cosine, 7: fmt_num})
+
+
+def _integers(changes: list[dict], text) -> str:
+    """Integer tensors that changed, identical ones counted: `num_batches_tracked +19 (x52)`."""
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[text(c)] = counts.get(text(c), 0) + 1
+    items = [t + (f" (x{n})" if n > 1 else "") for t, n in counts.items()]
+    return "; ".join(items[:2]) + (" …" if len(items) > 2 else "")
 
 
 def header_rows(r: dict) -> list[list]:

@@ -26,6 +26,10 @@ from ckpttool.report.output import Table, pct, signed
                    "model's average_clips), score = mean, max = element-wise max.")
 @click.option("--clips", cls=MultiOption, metavar="K[,K ...]",
               help="Also report the table for the first K views, e.g. 1,3,5,10.")
+@click.option("--views-per-clip", type=click.IntRange(1), default=1, show_default=True,
+              help="--preds with per-view scores: views of one clip (2 with flip TTA), so --clips k means k clips.")
+@click.option("--view-order", type=click.Choice(["flip-major", "clip-major"]), default="flip-major",
+              show_default=True, help="How the views of a clip are laid out (mmaction2 flip TTA: flip-major).")
 @click.option("--per-class", is_flag=True, help="ntu60: per-class accuracy and the most confused pairs.")
 @click.option("--protocol", type=click.Choice(["mlpd", "matlab"]), default="mlpd", show_default=True,
               help="kaist: the headline protocol (both are always computed).")
@@ -53,7 +57,8 @@ from ckpttool.report.output import Table, pct, signed
               help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
-             per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance, summary, cfg_options,
+             views_per_clip, view_order, per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance,
+             summary, cfg_options,
              project_root, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
@@ -67,7 +72,9 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
     report = run_eval(config, checkpoint, task=task, preds=preds, ann=ann, plot=plot, save_metrics=save_metrics,
                       force=force, baseline=baseline, tolerance=tolerance, summary=summary, clips=clips,
                       aggregate=aggregate, coefficients=coefficients, apply_softmax=apply_softmax, split=split,
-                      per_class=per_class, protocol=protocol, setup=setup, **_model_options(
+                      per_class=per_class, protocol=protocol, setup=setup,
+                      **({} if config else {"views_per_clip": views_per_clip, "view_order": view_order}),
+                      **_model_options(
                           config, cfg_options=list(cfg_options) or None, views_per_batch=views_per_batch,
                           cache=cache, device=device, launcher=launcher, limit=limit, dump=dump,
                           project_root=project_root))

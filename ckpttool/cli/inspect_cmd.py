@@ -73,12 +73,18 @@ def tables(r: dict, stats: bool) -> list[Table]:
         out.append(Table(kcols, krows, title="Tensors"))
     opt = r.get("optimizer")
     if opt:
-        gcols = ["group", "params", "lr", "weight_decay", "momentum/betas"]
-        grows = [[i, g.get("params"), Cell(g.get("lr"), fmt_num), Cell(g.get("weight_decay"), fmt_num),
-                  Cell(g.get("momentum"), fmt_num) if "momentum" in g else g.get("betas", "-")]
-                 for i, g in enumerate(opt["param_groups"])]
-        out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({opt['state_tensors']} state tensors, "
-                                              f"{human_bytes(opt['state_bytes'])})"))
+        gcols = ["groups", "params", "lr (next epoch)", "weight_decay", "momentum/betas", "parameters"]
+        grows = [[_span(g["groups"]), g["params"], Cell(g.get("lr"), fmt_num), Cell(g.get("weight_decay"), fmt_num),
+                  Cell(g.get("momentum"), fmt_num) if "momentum" in g else g.get("betas", "-"),
+                  _names(g.get("names"))]
+                 for g in opt.get("group_sets") or []]
+        lr_now = (r.get("scalars") or {}).get("train/lr")
+        out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({len(opt['param_groups'])} param groups, "
+                                              f"{opt['state_tensors']} state tensors, "
+                                              f"{human_bytes(opt['state_bytes'])})",
+                         notes=["lr (next epoch): stored after the end-of-epoch scheduler step"
+                                + (f"; lr in effect during the saved epoch (message_hub train/lr): {fmt_num(lr_now, 6)}"
+                                   if lr_now is not None else "")]))
     if r.get("schedulers"):
         srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r["schedulers"]]
         out.append(Table(["scheduler", "state"], srows, title="Schedulers"))
@@ -88,6 +94,17 @@ def tables(r: dict, stats: bool) -> list[Table]:
     if r.get("config"):
         out.append(Table([], [], title="Config (meta.cfg)", notes=[r["config"].rstrip()]))
     return out
+
+
+def _span(ids: list[int]) -> str:
+    return str(ids[0]) if len(ids) == 1 else f"{len(ids)} groups ({ids[0]}-{ids[-1]})" \
+        if ids == list(range(ids[0], ids[-1] + 1)) else f"{len(ids)} groups"
+
+
+def _names(names) -> str:
+    if not names:
+        return "-"
+    return ", ".join(names[:2]) + (f" … (+{len(names) - 2})" if len(names) > 2 else "")
 
 
 def header_rows(r: dict) -> list[list]:

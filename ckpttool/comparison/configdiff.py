@@ -176,5 +176,20 @@ def config_diff(ck_a, ck_b, file_a: str | None = None, file_b: str | None = None
             notes.append(f"{tag} ({ck.path}) holds no training config; give one with --config-{tag.lower()} FILE")
         cfgs.append(cfg)
     rows = compare(flatten(cfgs[0]), flatten(cfgs[1])) if None not in cfgs else []
-    rows += compare(optimizer_groups(ck_a.root), optimizer_groups(ck_b.root))
+    groups = compare(optimizer_groups(ck_a.root), optimizer_groups(ck_b.root))
+    rows += groups
+    rows += compare(lr_in_effect(ck_a.root), lr_in_effect(ck_b.root))
+    if any(r["key"].endswith(".lr") for r in groups):
+        notes.append("optimizer.param_groups.*.lr is stored after the end-of-epoch scheduler step: it is the next "
+                     "epoch's lr; train/lr (message_hub) is the lr in effect during the saved epoch")
     return rows, notes
+
+
+def lr_in_effect(root) -> dict:
+    """`train/lr`: the lr logged during the saved epoch (message_hub), not the stored next-epoch value."""
+    from ckpttool.summary.training import last_scalars
+
+    if not isinstance(root, dict):
+        return {}
+    lr = last_scalars(root.get("message_hub")).get("train/lr")
+    return {"train/lr": lr} if lr is not None else {}

@@ -16,6 +16,10 @@ from ckpttool.io import load
 from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.summary.tree import default_depth, module_of
 
+# A float32 square below 2**-60 may hold subnormal terms (|x| < 2**-63 squares below float32's smallest normal,
+# losing digits or flushing to 0); summed over a 64 Ki chunk they are < 2**-110, so a sum at or above 2**-60 is
+# exact to float32 rounding and smaller sums are redone in float64.
+TINY32 = 2.0 ** -60
 CHUNK = 1 << 16                  # elements per chunk (256 KiB of float32: a, b and b-a stay in L2)
 RELEASE_BYTES = 64 << 20         # hand read pages back to the OS every this many bytes of a tensor
 WIDE = {"float64", "int64", "int32", "uint32", "uint64"}   # computed in float64
@@ -23,17 +27,21 @@ NO_VALUES = ("complex", "float8")  # compared bit for bit only
 META_KEYS = ("epoch", "iter", "global_step", "seed", "experiment_name", "time", "mmengine_version",
              "mmcv_version", "pytorch-lightning_version", "arch", "version")
 FAIL_KINDS = ("keys", "shapes", "dtypes", "values", "nonfinite", "config")
+# buffers a state dict holds next to parameters (BatchNorm statistics, fixed tables): reported apart from them
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "position_ids", "relative_position_index",
+                "attn_mask", "anchors", "base_anchors", "steps")
 
 
 class PairStats:
     """Sums over one tensor pair (or a module's pairs): enough for relative L2, max |b-a| and cosine."""
 
     __slots__ = ("aa", "bb", "ab", "dd", "max_abs", "equal", "nan_b", "inf_b", "nonfinite_a", "tensors", "changed",
-                 "valued")
+                 "valued", "changed_elements", "numel")
 
     def __init__(self):
         self.aa = self.bb = self.ab = self.dd = self.max_abs = 0.0
         self.nan_b = self.inf_b = self.nonfinite_a = self.tensors = self.changed = 0
+        self.changed_elements = self.numel = 0
         self.equal = self.valued = True
 
     def merge(self, o: "PairStats") -> None:
@@ -43,6 +51,8 @@ class PairStats:
             self.nonfinite_a + o.nonfinite_a
         self.tensors += 1
         self.changed += not o.equal
+        self.changed_elements += o.changed_elements
+        self.numel += o.numel
         self.valued = self.valued and o.valued
 
     def result(self) -> dict:
@@ -58,9 +68,13 @@ def compare_pair(ta, tb, atol: float = 0.0, rtol: float = 0.0) -> PairStats:
     import numpy as np
 
     st = PairStats()
+    st.numel = ta.numel
     if ta.dtype.startswith(NO_VALUES) or tb.dtype.startswith(NO_VALUES):
         st.valued = False
         st.equal = ta.dtype == tb.dtype and bool(np.array_equal(ta.raw(), tb.raw()))
+        if not st.equal:
+            same = ta.raw().reshape(-1) == tb.raw().reshape(-1) if ta.dtype == tb.dtype else False
+            st.changed_elements = int(ta.numel - np.count_nonzero(same))
         return st
     compute = np.float64 if {ta.dtype, tb.dtype} & WIDE else np.float32
     ra, rb = _flat(ta), _flat(tb)
@@ -106,13 +120,15 @@ def _chunk(x, y, d, st: PairStats, atol: float, rtol: float) -> None:
     if not math.isfinite(aa + bb + dd):
         return _nonfinite_chunk(x, y, st, atol, rtol)
     mx = max(float(d.max()), -float(d.min()))
-    if x.dtype == np.float32 and ((aa == 0 and x.any()) or (bb == 0 and y.any()) or (dd == 0 and mx > 0)):
-        return _nonfinite_chunk(x, y, st, atol, rtol)   # squares underflowed float32: redo in float64
+    if x.dtype == np.float32 and ((aa < TINY32 and x.any()) or (bb < TINY32 and y.any()) or (dd < TINY32 and mx > 0)):
+        return _nonfinite_chunk(x, y, st, atol, rtol)   # squares (partly) subnormal in float32: redo in float64
     st.aa, st.bb, st.dd = st.aa + aa, st.bb + bb, st.dd + dd
     st.ab += float(np.dot(x, y))
     st.max_abs = max(st.max_abs, mx)
-    if st.equal and mx > atol:
-        st.equal = rtol > 0 and bool(np.all(np.abs(d) <= atol + rtol * np.abs(x)))
+    if mx > atol:
+        n = int(np.count_nonzero(np.abs(d) > atol + rtol * np.abs(x))) if atol or rtol else int(np.count_nonzero(d))
+        st.changed_elements += n
+        st.equal = st.equal and n == 0
 
 
 def _nonfinite_chunk(x, y, st: PairStats, atol: float, rtol: float) -> None:
@@ -127,8 +143,7 @@ def _nonfinite_chunk(x, y, st: PairStats, atol: float, rtol: float) -> None:
     st.nonfinite_a += int(x.size - fa.sum())
     both = fa & fb
     xs, ys = x[~both], y[~both]
-    if st.equal and not bool(np.all((xs == ys) | (np.isnan(xs) & np.isnan(ys)))):
-        st.equal = False
+    differ = int(np.count_nonzero(~((xs == ys) | (np.isnan(xs) & np.isnan(ys)))))
     x, y = x[both].astype(np.float64), y[both].astype(np.float64)
     if x.size:
         d = y - x
@@ -136,8 +151,9 @@ def _nonfinite_chunk(x, y, st: PairStats, atol: float, rtol: float) -> None:
         st.ab, st.dd = st.ab + float(np.dot(x, y)), st.dd + float(np.dot(d, d))
         ad = np.abs(d)
         st.max_abs = max(st.max_abs, float(ad.max()))
-        if st.equal and not bool(np.all(ad <= atol + rtol * np.abs(x))):
-            st.equal = False
+        differ += int(np.count_nonzero(ad > atol + rtol * np.abs(x)))
+    st.changed_elements += differ
+    st.equal = st.equal and differ == 0
 
 
 # --- the whole diff -------------------------------------------------------------------------------------------
@@ -159,18 +175,21 @@ def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | No
                 if sd_a[k].shape != sd_b[k].shape]
     dtype_mm = [{"key": k, "a": sd_a[k].dtype, "b": sd_b[k].dtype} for k in common if sd_a[k].dtype != sd_b[k].dtype]
     pairs = [k for k in common if sd_a[k].shape == sd_b[k].shape]
-    modules: dict[str, PairStats] = {}
+    modules: dict[str, ModuleStats] = {}
     changed, nonfinite = [], []
     with progress(pairs, length=len(pairs), label="diff") as keys:
         for key in keys:
-            st = compare_pair(sd_a[key], sd_b[key], atol, rtol)
-            name = module_of(key, depth)
-            modules.setdefault(name, PairStats()).merge(st)
+            ta, tb = sd_a[key], sd_b[key]
+            st = compare_pair(ta, tb, atol, rtol)
+            name, kind = module_of(key, depth), tensor_kind(key, ta, tb)
+            mod = modules.setdefault(name, ModuleStats(name))
+            counter = mod.add(key, kind, st, ta, tb)
             if not st.equal:
-                changed.append({"key": key, "module": name, **st.result()})
+                changed.append({"key": key, "module": name, "kind": kind, **st.result(),
+                                "changed_elements": st.changed_elements, "numel": st.numel, **(counter or {})})
             if st.nan_b or st.inf_b:
                 nonfinite.append({"key": key, "nan": st.nan_b, "inf": st.inf_b, "nonfinite_in_a": st.nonfinite_a})
-    rows = [{"name": n, "tensors": m.tensors, "changed": m.changed, **m.result()} for n, m in modules.items()]
+    rows = [m.row() for m in modules.values()]
     result = {
         "a": _side(ck_a, sd_a, section_a), "b": {**_side(ck_b, sd_b, section_b), "map": list(maps)},
         "depth": depth, "atol": atol, "rtol": rtol,
@@ -186,6 +205,70 @@ def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | No
         result["config"], notes = config_diff(ck_a, ck_b, config_a, config_b)
         result["notes"] += notes
     return result
+
+
+class ModuleStats:
+    """One module's pairs: floating parameters, floating buffers and integer tensors kept apart, so that a counter
+    (`num_batches_tracked` ~ the iteration count) or BN statistics cannot masquerade as a weight change."""
+
+    def __init__(self, name: str):
+        self.name, self.tensors, self.changed = name, 0, 0
+        self.params, self.buffers = PairStats(), PairStats()
+        self.nan_b = self.inf_b = 0
+        self.integer: list[dict] = []
+
+    def add(self, key: str, kind: str, st: PairStats, ta, tb) -> dict | None:
+        self.tensors += 1
+        self.changed += not st.equal
+        self.nan_b, self.inf_b = self.nan_b + st.nan_b, self.inf_b + st.inf_b
+        if kind == "param":
+            self.params.merge(st)
+        elif kind == "buffer":
+            self.buffers.merge(st)
+        elif not st.equal:
+            counter = integer_change(key, ta, tb, st)
+            self.integer.append(counter)
+            return {k: v for k, v in counter.items() if k in ("a", "b", "delta")}
+        return None
+
+    def row(self) -> dict:
+        p = self.params.result() if self.params.tensors else \
+            {"rel_l2": None, "max_abs": None, "cosine": None}
+        buf = None
+        if self.buffers.tensors:
+            b = self.buffers.result()
+            buf = {"tensors": self.buffers.tensors, "changed": self.buffers.changed, "rel_l2": b["rel_l2"],
+                   "max_abs": b["max_abs"], "cosine": b["cosine"]}
+        return {"name": self.name, "tensors": self.tensors, "changed": self.changed,
+                "params": self.params.tensors, "params_changed": self.params.changed,
+                "changed_elements": self.params.changed_elements, "numel": self.params.numel,
+                "rel_l2": p["rel_l2"], "max_abs": p["max_abs"], "cosine": p["cosine"],
+                "norm_a": math.sqrt(self.params.aa), "norm_b": math.sqrt(self.params.bb),
+                "nan_b": self.nan_b, "inf_b": self.inf_b, "buffers": buf, "integer": self.integer}
+
+
+def tensor_kind(key: str, ta, tb) -> str:
+    """'param' (floating, not a known buffer name), 'buffer' (floating buffer) or 'integer' (counters, indices,
+    masks: compared exactly, reported by value)."""
+    if not (ta.is_floating and tb.is_floating):
+        return "integer"
+    return "buffer" if key.rsplit(".", 1)[-1] in BUFFER_NAMES else "param"
+
+
+def integer_change(key: str, ta, tb, st: PairStats) -> dict:
+    """An integer tensor that changed: its values when it is a scalar (`num_batches_tracked +19`), else how many
+    elements changed."""
+    row = {"key": key.rsplit(".", 1)[-1], "tensor": key, "changed_elements": st.changed_elements, "numel": st.numel}
+    if ta.numel == 1 and not ta.dtype.startswith(NO_VALUES):
+        a, b = ta.numpy().reshape(-1)[0].item(), tb.numpy().reshape(-1)[0].item()
+        row.update(a=a, b=b, delta=b - a)
+    return row
+
+
+def integer_text(c: dict) -> str:
+    if "delta" in c:
+        return f"{c['key']} {c['delta']:+g}"
+    return f"{c['key']} {c['changed_elements']}/{c['numel']} changed"
 
 
 def _rank(row: dict):

@@ -35,7 +35,9 @@ class EvalReport:
         """The one-line reason the requested check failed, or None."""
         if self.passed:
             return None
-        return f"{self.gate['regressions']} metric(s) regressed against {self.gate['baseline']}"
+        from ckpttool.metrics.gate import failure_line
+
+        return failure_line(self.gate, self.gate["baseline"])
 
     def to_dict(self) -> dict:
         """The ``--format json`` object: the result, with ``gate`` when a baseline was given."""
@@ -55,6 +57,7 @@ def run_eval(config=None, checkpoint=None, *, task=None, preds=(), ann=None, plo
     _check_outputs(inputs, save_metrics, summary, plot, force)
     base = gate.load_baseline(baseline) if baseline else None
     result = evaluate(config, checkpoint, task=task, preds=preds, ann=ann, curves=bool(plot), **options)
+    result["metrics"] = gate.flat_metrics(result)   # one flat object scripts and --greedy soups address
     report = EvalReport(result)
     if plot:
         report.saved["plot"] = _plot(result, plot, force=force, inputs=inputs)
@@ -87,7 +90,7 @@ def _check_outputs(inputs, save_metrics, summary, plot, force) -> None:
 
 def evaluate(config=None, checkpoint=None, *, task=None, preds=(), ann=None, curves=False, clips=None,
              aggregate=None, coefficients=None, apply_softmax=False, split=None, per_class=False,
-             protocol="mlpd", setup="Reasonable", **model_options) -> dict:
+             protocol="mlpd", setup="Reasonable", views_per_clip=1, view_order="flip-major", **model_options) -> dict:
     """The metrics result of ``ckpt eval``: of CONFIG + CHECKPOINT (a model run), or of ``preds`` files."""
     from ckpttool.options import parse_clips
 
@@ -110,7 +113,8 @@ def evaluate(config=None, checkpoint=None, *, task=None, preds=(), ann=None, cur
         from ckpttool.metrics.ntu import evaluate_ntu
 
         return evaluate_ntu(list(preds), coefficients=list(coefficients or ()) or None, apply_softmax=apply_softmax,
-                            ann=ann, split=split, aggregate=aggregate or "prob", clips=ks, per_class=per_class)
+                            ann=ann, split=split, aggregate=aggregate or "prob", clips=ks, per_class=per_class,
+                            views_per_clip=views_per_clip, view_order=view_order)
     raise CkptError("give --task ntu60|kaist with --preds FILE ..., or CONFIG CHECKPOINT")
 
 

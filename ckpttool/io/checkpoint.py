@@ -60,9 +60,9 @@ class Checkpoint:
     @property
     def foreign_globals(self) -> list[str]:
         """Globals beyond torch's own weights_only defaults (e.g. mmengine HistoryBuffer, numpy, or a payload)."""
-        return sorted(u["name"] for u in self.global_uses
-                      if not (u["allowed_by"] and AL.ALLOWLIST.get(u["allowed_by"], AL.Entry("", frozenset(), ""))
-                              .torch))
+        return sorted({u["name"] for u in self.global_uses
+                       if not (u["allowed_by"] and AL.ALLOWLIST.get(u["allowed_by"], AL.Entry("", frozenset(), ""))
+                               .torch)})
 
     @property
     def suspicious_globals(self) -> list[str]:
@@ -151,6 +151,9 @@ def load(path: str, trust: bool = False, allow_globals=(), allowlist=None, stric
             root = _nest_first_level(flat)
     except FormatError as exc:
         msg = str(exc)
+        if judge.verdict == "code":  # a payload broke the rest of the file: the verdict is still the news
+            judge.notes.append(f"the file could not be read past its payload: {msg}")
+            return Checkpoint(path, fmt, {}, judge, size, strict=strict)
         raise FormatError(msg if msg.startswith(path) else f"{path}: {msg}") from exc
     except (OSError, RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             EOFError, OverflowError, NotImplementedError, LookupError, ArithmeticError) as exc:

@@ -6,6 +6,8 @@ import struct
 
 from ckpttool.errors import CkptError, FormatError
 
+_PROTO0_STARTS = {b"c", b"(", b"}", b"]", b")", b"N", b"I", b"L", b"F", b"S", b"V", b"X", b"K", b"M", b"J", b"d", b"l",
+                  b"t", b"U", b"T", b"G", b"\x88", b"\x89"}
 _LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
@@ -30,14 +32,16 @@ def detect(path: str) -> str:
         return "torch-zip"
     if head.startswith(_LEGACY_HEAD):
         return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":  # before pickles: a header length may begin with 0x80 0x02
+        (n,) = struct.unpack("<Q", head[:8])
+        if n + 8 <= os.path.getsize(path):
+            return "safetensors"
     if len(head) >= 2 and head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return "torch-legacy" if _legacy_magic_first(path) else "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (n,) = struct.unpack("<Q", head[:8])
-        if n < os.path.getsize(path):
-            return "safetensors"
     if head.lstrip()[:1] == b"{" and b"weight_map" in _read_some(path):
         return _sharded_kind(path)
+    if head[:1] in _PROTO0_STARTS:  # protocol 0/1 pickles have no PROTO opcode
+        return "pickle"
     raise FormatError(f"{path}: not a checkpoint format ckpt knows (first bytes {head[:8]!r})")
 
 

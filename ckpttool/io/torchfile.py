@@ -84,12 +84,17 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None, judge:
     Storages are mapped lazily; nothing but the central directory and data.pkl is read. The archive is refused when
     entry names repeat or a local header disagrees with the central directory (torch and zipfile would read
     different bytes); a TorchScript archive (torch.load hands it to torch.jit.load, which runs its code) is code."""
-    length = mfile.size - base if length is None else length
-    if base < 0 or length < 0 or base + length > mfile.size:
+    in_memory = isinstance(mfile, bytes)  # a zip embedded through torch.storage._load_from_bytes
+    size = len(mfile) if in_memory else mfile.size
+    length = size - base if length is None else length
+    if base < 0 or length < 0 or base + length > size:
         raise FormatError("embedded archive lies past the end of the file")
     judge = Judge() if judge is None else judge
     budget = Budget(file_bytes=length) if budget is None else budget
-    src = open(mfile.path, "rb") if base == 0 and length == mfile.size else _Slice(mfile.path, base, length)
+    if in_memory:
+        src = io.BytesIO(mfile)
+    else:
+        src = open(mfile.path, "rb") if base == 0 and length == size else _Slice(mfile.path, base, length)
     try:
         zf = zipfile.ZipFile(src)
         infolist = zf.infolist()
@@ -121,7 +126,10 @@ def read_zip(mfile: MappedFile, base: int = 0, length: int | None = None, judge:
             if numel * dtype.itemsize > info.file_size:
                 raise FormatError(f"storage {key!r} claims {numel} {dtype.name} elements but holds "
                                   f"{info.file_size} bytes")
-            if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_type == zipfile.ZIP_STORED and in_memory:
+                start = _data_offset(src, info, length)
+                st = Storage(key, dtype, numel, data=mfile[start: start + info.file_size])
+            elif info.compress_type == zipfile.ZIP_STORED:
                 st = Storage(key, dtype, numel, mfile, base + _data_offset(src, info, length))
             else:  # repacked with compression: no mapping possible, inflate this entry only, within bounds
                 st = Storage(key, dtype, numel, data=_read_entry(zf, src, info, length))
@@ -204,6 +212,9 @@ def read_legacy_bytes(data: bytes, judge: Judge | None = None, budget: Budget | 
     fast = _embedded_storage(data)
     if fast is not None:
         return fast
+    if data[:4] == b"PK\x03\x04":  # torch.load, which _load_from_bytes calls, reads zip archives too
+        obj, _ = read_zip(bytes(data), judge=judge, budget=budget or Budget(file_bytes=len(data)))
+        return obj
     obj, _ = _read_legacy_stream(io.BytesIO(data), data=data, judge=judge,
                                  budget=budget or Budget(file_bytes=len(data)), nesting=nesting)
     return obj
@@ -271,12 +282,12 @@ def _small_int(data: bytes, pos: int):
 
 def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None = None, judge: Judge | None = None,
                         budget: Budget | None = None, nesting: int = 0):
-    if unpickle_plain(f) != LEGACY_MAGIC:
+    if unpickle_plain(f, judge) != LEGACY_MAGIC:
         raise FormatError("not a torch legacy file (bad magic number)")
-    version = unpickle_plain(f)
+    version = unpickle_plain(f, judge)
     if version != 1001:
-        raise FormatError(f"unsupported legacy protocol version {version!r}")
-    sys_info = unpickle_plain(f)
+        raise FormatError(f"unsupported legacy protocol version {str(version)[:40]}")
+    sys_info = unpickle_plain(f, judge)
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         raise FormatError("big-endian checkpoints are not supported")
     storages: dict[str, Storage] = {}
@@ -292,7 +303,7 @@ def _read_legacy_stream(f, mfile: MappedFile | None = None, data: bytes | None =
         return storages[key]
 
     obj, judge = unpickle(f, persistent_load, read_legacy_bytes, judge, budget, nesting)
-    keys = unpickle_plain(f)
+    keys = unpickle_plain(f, judge)
     if not isinstance(keys, list):
         raise FormatError("malformed legacy storage key list")
     pos = f.tell()

@@ -20,6 +20,7 @@ import io
 import math
 import pickle
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -177,6 +178,7 @@ class SafeUnpickler(pickle._Unpickler):
     def __init__(self, file, persistent_load: Callable[[tuple], Any] | None, bytes_loader, judge: Judge,
                  budget: Budget, nesting: int = 0):
         super().__init__(file, encoding="latin1")
+        self._src = file
         self._persistent, self._bytes_loader = persistent_load, bytes_loader
         self.judge, self.budget, self.nesting = judge, budget, nesting
         self.ops = 0
@@ -233,6 +235,34 @@ class SafeUnpickler(pickle._Unpickler):
         name, module = self.stack.pop(), self.stack.pop()
         self._global(module, name)
 
+    def load_frame(self):
+        (size,) = struct.unpack("<Q", self.read(8))
+        src = self._src
+        total = len(src) if hasattr(src, "size") and not hasattr(src, "getbuffer") else src.getbuffer().nbytes
+        if size > total - src.tell():
+            raise FormatError(f"pickle FRAME claims {size} bytes, the data holds {total - src.tell()}")
+        self._unframer.load_frame(size)
+
+    def _memo_put(self, index: int):
+        """Picklers number memo entries 0, 1, 2, …: an index past the next one is forged (CPython's C unpickler
+        would allocate a memo array that large)."""
+        if index < 0 or index > len(self.memo):
+            raise FormatError(f"pickle memo index {index} out of sequence ({len(self.memo)} entries)")
+        self.memo[index] = self.stack[-1]
+
+    def load_put(self):
+        try:
+            index = int(self.readline()[:-1])
+        except ValueError:
+            raise FormatError("malformed PUT index") from None
+        self._memo_put(index)
+
+    def load_binput(self):
+        self._memo_put(self.read(1)[0])
+
+    def load_long_binput(self):
+        self._memo_put(struct.unpack("<I", self.read(4))[0])
+
     def load_ext(self):
         raise FormatError("the pickle uses the copyreg extension registry (EXT opcodes): not a checkpoint pattern")
 
@@ -265,6 +295,9 @@ class SafeUnpickler(pickle._Unpickler):
     def instantiate(self, cls, args=(), kwargs=None):
         if not isinstance(cls, GlobalRef):
             raise FormatError(f"the pickle instantiates a {type(cls).__name__} value")
+        if (args or kwargs) and self.judge.entry(cls.qualname) is None:
+            # file-chosen values handed to a foreign class's __new__ (numpy.memmap opens files so): a call
+            self.judge.record(cls.qualname, AL.CALL, "code", "NEWOBJ passes arguments to the class's __new__")
         if self.judge.record(cls.qualname, AL.INSTANTIATE) == "data" and cls.qualname in _CONTAINERS:
             return _CONTAINERS[cls.qualname]()
         return InertObject(cls.qualname, tuple(args), kwargs)
@@ -396,10 +429,17 @@ class SafeUnpickler(pickle._Unpickler):
             raise FormatError("malformed embedded torch storage")
         if self.nesting >= self.budget.max_nesting:
             raise FormatError("budget exceeded: torch files nested inside storages too deeply")
-        return self._bytes_loader(data, self.judge, self.budget, self.nesting + 1)
+        try:
+            return self._bytes_loader(data, self.judge, self.budget, self.nesting + 1)
+        except FormatError as exc:
+            if self.judge.verdict != "code":
+                raise
+            # the embedded file already names code: keep reading the outer file so the verdict can be shown
+            return InertCall("torch.storage._load_from_bytes", (f"<unreadable: {str(exc)[:120]}>",))
 
 
-for _name, _method in (("GLOBAL", "load_global"), ("STACK_GLOBAL", "load_stack_global"), ("EXT1", "load_ext"),
+for _name, _method in (("FRAME", "load_frame"), ("PUT", "load_put"), ("BINPUT", "load_binput"),
+                       ("LONG_BINPUT", "load_long_binput"), ("GLOBAL", "load_global"), ("STACK_GLOBAL", "load_stack_global"), ("EXT1", "load_ext"),
                        ("EXT2", "load_ext"), ("EXT4", "load_ext"), ("NEXT_BUFFER", "load_buffer"),
                        ("READONLY_BUFFER", "load_buffer"), ("REDUCE", "load_reduce"), ("NEWOBJ", "load_newobj"),
                        ("NEWOBJ_EX", "load_newobj_ex"), ("INST", "load_inst"), ("OBJ", "load_obj"),
@@ -865,12 +905,18 @@ def _replace_children(obj, out: dict):
 
 
 # ---- entry points --------------------------------------------------------------------------------------------
-def unpickle_plain(f):
-    """A pickle that may hold only numbers, strings and containers (legacy headers): any global is an error."""
-    judge = Judge()
-    obj, _ = unpickle(f, judge=judge)
-    if judge.uses:
-        name = next(iter(judge.uses))[0]
+def unpickle_plain(f, judge: Judge | None = None):
+    """A pickle that may hold only numbers, strings and containers (legacy headers): any global is an error,
+    recorded first in `judge` (torch would unpickle such a header for real)."""
+    own = Judge()
+    try:
+        obj, _ = unpickle(f, judge=own)
+    finally:
+        if judge is not None:
+            for rec in own.uses.values():
+                judge.record(rec["name"], rec["use"], rec["verdict"], rec["detail"])
+    if own.uses:
+        name = next(iter(own.uses))[0]
         raise FormatError(f"unexpected global {name} in a data-only pickle")
     return obj
 

@@ -39,6 +39,12 @@ def metrics(result: dict) -> dict:
     return out
 
 
+def flat_metrics(result: dict) -> dict:
+    """The flat `metrics` object of `ckpt eval --format json`: `{"pose/top1": 93.3, "clips3/pose/top1": …,
+    "MLPD/MR/all": …}` — what `ckpt average --greedy --metric pose/top1` and scripts address."""
+    return {k.replace(".", "/"): v for k, v in metrics(result).items()}
+
+
 def lower_is_better(key: str) -> bool:
     return any(f".{m}." in f".{key}" for m in LOWER_IS_BETTER)
 
@@ -110,8 +116,32 @@ def compare(current: dict, baseline: dict, tolerance: float = 0.0, overrides: di
         checks.append({"metric": key, "baseline": b, "current": cur[key], "delta": delta, "tolerance": tol,
                        "better": "lower" if lower else "higher", "status": status})
     failed = [c for c in checks if c["status"] in ("regressed", "missing")]
+    rows_cur, rows_base = _rows(cur), _rows(base)
     return {"passed": not failed, "regressions": len(failed), "checks": checks,
-            "new_metrics": sorted(set(cur) - set(base))}
+            "new_metrics": sorted(set(cur) - set(base)),
+            "unmatched_rows": [r for r in rows_base if r not in rows_cur],
+            "rows": rows_cur}
+
+
+def _rows(flat: dict) -> list[str]:
+    """Row names of flattened metrics (`clips3.joint.top1` -> `clips3.joint`), in order."""
+    out = []
+    for key in flat:
+        row = key.rsplit(".", 1)[0]
+        if ".MR." in f".{key}" or ".recall." in f".{key}" or ".AP50." in f".{key}":
+            row = key.split(".")[0]
+        if row not in out:
+            out.append(row)
+    return out
+
+
+def failure_line(gate: dict, baseline: str) -> str:
+    """The one-line verdict, naming the baseline rows this run has no row for."""
+    line = f"{gate['regressions']} metric(s) regressed against {baseline}"
+    if gate.get("unmatched_rows"):
+        line += (f"; no row named {', '.join(gate['unmatched_rows'][:4])} in this run (rows: "
+                 f"{', '.join(gate['rows'][:6]) or 'none'}; name rows with --preds NAME=PATH)")
+    return line
 
 
 def summary_markdown(gate: dict, baseline_path: str = "") -> str:

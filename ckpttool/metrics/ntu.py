@@ -94,10 +94,28 @@ def prepare_views(views: np.ndarray, mode: str) -> np.ndarray:
     return softmax(views, axis=2) if views.ndim == 3 and mode == "prob" else views
 
 
-def reduce_views(prepared: np.ndarray, mode: str, k: int | None = None) -> np.ndarray:
+VIEW_ORDERS = ("flip-major", "clip-major")
+
+
+def clip_views(num_views: int, k: int, views_per_clip: int = 1, order: str = "flip-major") -> list[int]:
+    """The view indices of the first k clips. mmaction2's flip TTA (`GeneratePoseTarget(double=True)`, `Flip` in
+    the test pipeline) appends the flipped copies after all clips: views = [c0..cK-1, flip(c0)..flip(cK-1)]
+    (`flip-major`); `clip-major` is [c0, flip(c0), c1, flip(c1), …]."""
+    clips = num_views // views_per_clip
+    if order == "flip-major":
+        return [f * clips + c for f in range(views_per_clip) for c in range(k)]
+    return [c * views_per_clip + f for c in range(k) for f in range(views_per_clip)]
+
+
+def reduce_views(prepared: np.ndarray, mode: str, k: int | None = None, views_per_clip: int = 1,
+                 order: str = "flip-major") -> np.ndarray:
+    """(N, V, C) -> (N, C) over the views of the first k clips (all when k is None)."""
     if prepared.ndim == 2:
         return prepared
-    v = prepared[:, :k] if k else prepared
+    if k and views_per_clip > 1:
+        v = prepared[:, clip_views(prepared.shape[1], k, views_per_clip, order)]
+    else:
+        v = prepared[:, :k] if k else prepared
     return v.max(axis=1) if mode == "max" else v.mean(axis=1)
 
 
@@ -107,7 +125,7 @@ def num_views(streams: dict) -> int:
 
 def evaluate_scores(files: dict, labels: np.ndarray, clips=None, aggregate: str = "prob",
                     coefficients=None, apply_softmax: bool = False, per_class: bool = False,
-                    class_names=None) -> dict:
+                    class_names=None, views_per_clip: int = 1, view_order: str = "flip-major") -> dict:
     """Metrics for one or more prediction sets.
 
     ``files``: name -> {stream: (N, C) or (N, V, C)} (a bare array is the stream 'score'). Rows: each file's
@@ -118,11 +136,18 @@ def evaluate_scores(files: dict, labels: np.ndarray, clips=None, aggregate: str 
     if coefficients is not None and len(coefficients) != len(files):
         raise CkptError(f"{len(coefficients)} coefficients for {len(files)} prediction files")
     coefficients = list(coefficients) if coefficients is not None else [1.0] * len(files)
-    total = max(num_views(s) for s in files.values())
+    views = max(num_views(s) for s in files.values())
+    if views_per_clip < 1 or views % views_per_clip:
+        raise CkptError(f"--views-per-clip {views_per_clip}: the predictions have {views} view(s) per sample, "
+                        f"not a multiple of it")
+    if view_order not in VIEW_ORDERS:
+        raise CkptError(f"unknown view order {view_order!r}; choose from {', '.join(VIEW_ORDERS)}")
+    total = views // views_per_clip   # clips per sample
     ks = parse_clips(clips) if clips else []
     bad = [k for k in ks if k < 1 or k > total]
     if bad:
-        raise CkptError(f"--clips {bad[0]}: the predictions have {total} view(s) per sample")
+        raise CkptError(f"--clips {bad[0]}: the predictions have {total} clip(s) per sample "
+                        f"({views} views, {views_per_clip} per clip)")
 
     prepared = {n: {s: prepare_views(v, aggregate) for s, v in streams.items()} for n, streams in files.items()}
 
@@ -131,13 +156,20 @@ def evaluate_scores(files: dict, labels: np.ndarray, clips=None, aggregate: str 
     def table(k):
         k = None if k is None or k >= total else k
         if k not in memo:
-            memo[k] = _rows_at(prepared, labels, k, aggregate, coefficients, apply_softmax)
+            memo[k] = _rows_at(prepared, labels, k, aggregate, coefficients, apply_softmax, views_per_clip,
+                               view_order)
         return copy.deepcopy(memo[k][0]), memo[k][1]
 
     rows, primary = table(None)
     out = {"task": "ntu60", "num_samples": int(len(labels)), "num_classes": _num_classes(files),
-           "views": total, "aggregate": aggregate if total > 1 else None, "files": list(files),
+           "views": views, "aggregate": aggregate if views > 1 else None, "files": list(files),
            "rows": rows}
+    if ks and views > 1:
+        out["view_layout"] = {"views_per_clip": views_per_clip, "order": view_order, "clips": total}
+        if views_per_clip == 1:
+            out.setdefault("notes", []).append(
+                "--clips k takes the first k views as k clips: the dump does not record its view layout; with "
+                "flip or crop TTA (several views per clip) give --views-per-clip N")
     if len(files) > 1:
         out["coefficients"] = coefficients
         out["apply_softmax"] = apply_softmax
@@ -152,11 +184,11 @@ def _num_classes(files):
     return int(next(iter(next(iter(files.values())).values())).shape[-1])
 
 
-def _rows_at(files, labels, k, mode, coefficients, apply_softmax):
-    """Rows for the first k views (all when k is None) and the (name, scores) of the headline row."""
+def _rows_at(files, labels, k, mode, coefficients, apply_softmax, views_per_clip=1, view_order="flip-major"):
+    """Rows for the first k clips (all when k is None) and the (name, scores) of the headline row."""
     rows, agg = [], {}
     for name, streams in files.items():
-        agg[name] = {s: reduce_views(v, mode, k) for s, v in streams.items()}
+        agg[name] = {s: reduce_views(v, mode, k, views_per_clip, view_order) for s, v in streams.items()}
         for r in ntu_rows(agg[name], labels):
             if list(streams) == ["score"]:
                 r["name"] = name
@@ -215,16 +247,17 @@ def per_class_table(scores: np.ndarray, labels: np.ndarray, row_name: str, class
 
 
 def evaluate_ntu(preds, coefficients=None, apply_softmax: bool = False, ann: str | None = None,
-                 split: str | None = None, aggregate: str = "prob", clips=None, per_class: bool = False) -> dict:
+                 split: str | None = None, aggregate: str = "prob", clips=None, per_class: bool = False,
+                 views_per_clip: int = 1, view_order: str = "flip-major") -> dict:
     """`ckpt eval --task ntu60`: read the prediction files (and labels), then `evaluate_scores`."""
-    from ckpttool.metrics.predictions import read_predictions, read_split_labels
+    from ckpttool.metrics.predictions import named_paths, read_predictions, read_split_labels
 
     if not preds:
         raise CkptError("no prediction files given (--preds)")
     if aggregate not in AGGREGATES:
         raise CkptError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
+    names, preds = named_paths(preds)   # NAME=PATH names a row (the gate matches rows by these names)
     read = [read_predictions(p) for p in preds]
-    names = _unique_names([os.path.splitext(os.path.basename(p))[0] for p in preds])
     n = read[0].num_samples
     for p in read[1:]:
         if p.num_samples != n:
@@ -252,14 +285,7 @@ def evaluate_ntu(preds, coefficients=None, apply_softmax: bool = False, ann: str
         raise CkptError(f"labels must lie in 0..{c - 1}; found {labels.min()}..{labels.max()}")
     out = evaluate_scores({name: p.streams for name, p in zip(names, read)}, labels, clips=clips,
                           aggregate=aggregate, coefficients=coefficients, apply_softmax=apply_softmax,
-                          per_class=per_class)
+                          per_class=per_class, views_per_clip=views_per_clip, view_order=view_order)
     out["files"] = list(preds)
     return out
 
-
-def _unique_names(names):
-    seen, out = {}, []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out

@@ -42,6 +42,24 @@ def _name(path):
     return os.path.basename(path)
 
 
+def named_paths(preds) -> tuple[list[str], list[str]]:
+    """`--preds NAME=PATH` or `PATH` (named by its file stem): (names, paths). Two files with one stem must be
+    named, so that a gate can match rows by name whatever the files are called."""
+    names, paths = [], []
+    for item in preds:
+        item = os.fspath(item)
+        name, sep, path = item.partition("=")
+        if not sep or not name or os.sep in name or os.path.exists(item):
+            name, path = os.path.splitext(os.path.basename(item))[0], item
+        names.append(name)
+        paths.append(path)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FormatError(f"two --preds files are both named {dup[0]!r}; name the rows: --preds "
+                          f"{dup[0]}_a=PATH {dup[0]}_b=PATH")
+    return names, paths
+
+
 def read_predictions(path: str) -> Predictions:
     if not os.path.isfile(path):
         raise FormatError(f"{path}: no such file")

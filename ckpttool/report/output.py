@@ -135,11 +135,65 @@ def _note(text: str, fmt: str) -> str:
     return f"% {text}" if fmt == "latex" else text
 
 
+_STDOUT: list = []   # the real stdout while a command runs with library output sent to stderr
+
+
+def is_rank_zero() -> bool:
+    """False on the other ranks of a torchrun / mmengine launch (RANK, else LOCAL_RANK): only rank 0 prints."""
+    import os
+
+    for var in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value not in (None, ""):
+            return value.strip() == "0"
+    return True
+
+
+def result_stream():
+    """Where a command's result goes: the stdout saved by :func:`library_output_to_stderr`, else sys.stdout."""
+    return _STDOUT[-1] if _STDOUT else sys.stdout
+
+
+class library_output_to_stderr:
+    """While a command runs, whatever libraries print on stdout (mmengine's logger and FileClient warnings,
+    stray prints) goes to stderr — or nowhere with --quiet — so stdout holds only the result."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def __enter__(self):
+        import os
+
+        _STDOUT.append(sys.stdout)
+        self._sink = open(os.devnull, "w") if self.quiet else None
+        self._saved = sys.stdout
+        sys.stdout = self._sink or sys.stderr
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self._saved
+        _STDOUT.pop()
+        if self._sink is not None:
+            self._sink.close()
+        return False
+
+
+def print_result(text: str) -> None:
+    """One line of result (e.g. `ckpt runs --best M --path`) on the real stdout, rank 0 only."""
+    if is_rank_zero():
+        out = result_stream()
+        out.write(text + "\n")
+        out.flush()
+
+
 def emit(result: dict, tables: Sequence[Table], fmt: str, out=None) -> None:
-    """Print a command's result to stdout in the chosen format."""
-    out = out or sys.stdout
+    """Print a command's result to stdout in the chosen format (rank 0 only under torchrun)."""
+    if not is_rank_zero():
+        return
+    out = out or result_stream()
     text = render_json(result) if fmt == "json" else render_tables(tables, fmt)
     out.write(text + "\n")
+    out.flush()
 
 
 def human_count(n: float) -> str:

@@ -117,3 +117,41 @@ def plot_confusion(confusion, labels, path: str, title: str = "", *, force=False
         ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, plt, path, force, inputs)
+
+
+def runs_figure(info: dict, path: str, names=None) -> str:
+    """`ckpt runs DIR --plot FILE`: validation curves per stream (one panel each, or one panel for a single-stream
+    run), the lr in effect during each epoch on a second axis, collapses marked. `info` is `workdirs.runs.scan()`'s
+    result; `names` the metrics to draw (default: all)."""
+    from ckpttool.workdirs.runs import stream_label, stream_of
+
+    plt = _pyplot(path)
+
+    names = [n for n in (names or info["metrics"]) if n in info["metrics"]]
+    panels: dict = {}
+    for n in names:
+        panels.setdefault(stream_of(n)[0] if info.get("streams") else None, []).append(n)
+    fig, axes = plt.subplots(1, len(panels) or 1, figsize=(5 * max(len(panels), 1), 4), squeeze=False)
+    steps = [r["step"] for r in info["rows"]]
+    lrs = [r["train"].get("lr") for r in info["rows"]]
+    for ax, (stream, metrics) in zip(axes[0], panels.items()):
+        for n in metrics:
+            s = info["metrics"][n]
+            scale = 100.0 if s["percent"] else 1.0
+            pts = [(r["step"], scale * r["metrics"][n]) for r in info["rows"] if n in r["metrics"]]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=stream_of(n)[1] if stream else n)
+            for c in s["collapses"]:
+                ax.scatter([c["to_step"]], [scale * c["to"]], marker="x", color="red", s=80, zorder=5)
+        ax.set_title(stream_label(stream) if stream else os.path.basename(os.path.normpath(info["work_dir"])))
+        ax.set_xlabel(info["unit"])
+        ax.set_ylabel("%" if all(info["metrics"][n]["percent"] for n in metrics) else "value")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        if any(v is not None for v in lrs):
+            ax2 = ax.twinx()
+            ax2.plot([s for s, v in zip(steps, lrs) if v is not None], [v for v in lrs if v is not None],
+                     color="gray", linestyle="--", linewidth=1)
+            ax2.set_ylabel("lr (in effect)", color="gray")
+            ax2.set_yscale("log")
+    fig.tight_layout()
+    return _save(fig, plt, path, force=True)   # the figure the user names is (re)drawn, atomically

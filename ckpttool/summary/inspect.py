@@ -18,7 +18,7 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
             on_tensor=None) -> dict:
     """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object)."""
     ck = load(path, trust=trust)
-    notes = list(ck.layout.notes)
+    notes = list(ck.layout.notes) + list(ck.judge.notes)
     try:
         sd = ck.state_dict(section)
     except CkptError:
@@ -47,6 +47,11 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
                                for u in ck.global_uses]},
         "notes": notes,
     }
+    if result["optimizer"]:
+        from ckpttool.comparison.diff import BUFFER_NAMES
+
+        params = [k for k, t in sd.items() if t.is_floating and k.rsplit(".", 1)[-1] not in BUFFER_NAMES]
+        training.name_groups(result["optimizer"]["group_sets"], params)
     special = special_tensors(sd)
     if special:
         result["special_tensors"] = special
@@ -83,7 +88,8 @@ def _add_stats(result: dict, sd, depth: int, on_tensor=None) -> None:
         if on_tensor is not None:
             on_tensor(t)
     for row in result["modules"]:
-        m = per_module[row["name"]]
+        # values over floating tensors: an integer counter (num_batches_tracked ~ iterations) is no module value
+        m = per_module_float.get(row["name"]) or per_module[row["name"]]
         row.update({k: v for k, v in m.result().items()})
         f = per_module_float.get(row["name"])
         row["rms"] = math.sqrt(f.sumsq / f.finite) if f is not None and f.finite else None

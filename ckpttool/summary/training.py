@@ -47,8 +47,32 @@ def optimizer_summary(opt) -> dict | None:
             row = {k: plain(g[k]) for k in _GROUP_FIELDS if k in g}
             row["params"] = len(g.get("params") or [])
             rows.append(row)
-    return {"kind": kind, "param_groups": rows, "state_tensors": n, "state_bytes": b,
-            "state_keys": sorted(keys)}
+    return {"kind": kind, "param_groups": rows, "group_sets": group_sets(rows, groups), "state_tensors": n,
+            "state_bytes": b, "state_keys": sorted(keys),
+            "lr_note": "stored after the end-of-epoch scheduler step: the next epoch's lr"}
+
+
+def group_sets(rows: list[dict], groups) -> list[dict]:
+    """Param groups with equal settings as one entry (`paramwise_cfg` makes one group per parameter): the group
+    indices, their parameter count and the parameter indices they hold (positions in the model's parameter order)."""
+    sets: dict[tuple, dict] = {}
+    for i, row in enumerate(rows):
+        key = tuple(sorted((k, repr(v)) for k, v in row.items() if k != "params"))
+        entry = sets.setdefault(key, {**{k: v for k, v in row.items() if k != "params"}, "groups": [], "params": 0,
+                                      "param_ids": []})
+        entry["groups"].append(i)
+        entry["params"] += row["params"]
+        g = groups[i] if isinstance(groups, list) and i < len(groups) and isinstance(groups[i], dict) else {}
+        entry["param_ids"] += [p for p in g.get("params") or [] if isinstance(p, int)]
+    return list(sets.values())
+
+
+def name_groups(group_sets_: list[dict], param_names: list[str]) -> None:
+    """Add `names` (the first few parameter names) to each set: optimizer param ids are positions in the
+    parameter order, which is the state dict's order without buffers."""
+    for s in group_sets_:
+        names = [param_names[i] for i in s["param_ids"] if 0 <= i < len(param_names)]
+        s["names"] = names
 
 
 _SCHED_HINTS = [("milestones", "MultiStepLR"), ("T_max", "CosineAnnealing"), ("start_factor", "LinearLR"),

@@ -6,7 +6,7 @@ from ckpttool.errors import CkptError
 
 
 def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metric=None, mode=None, weights=None,
-                greedy=False, eval_cmd=None, update_bn=None, bn_batches=100, cfg_options=None, force=False,
+                select_metric=None, greedy=False, eval_cmd=None, update_bn=None, bn_batches=100, cfg_options=None, force=False,
                 **common) -> dict:
     """What ``ckpt average`` does, for scripts and notebooks; returns its ``--format json`` object.
 
@@ -15,13 +15,15 @@ def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metr
     ``intersection`` of :func:`ckpttool.surgery.average.average`. With ``update_bn=CONFIG`` the average is
     written to a scratch file next to ``out``, its BatchNorm statistics are recomputed on ``bn_batches`` batches of
     the config's ``train_dataloader``, and only then it is published as ``out``."""
-    paths, known, selected = _inputs(list(paths), work_dir, last, best, metric, mode, greedy)
+    paths, known, selected = _inputs(list(paths), work_dir, last, best, select_metric or metric, mode, greedy)
+    if select_metric and select_metric != metric:
+        known = None   # logged values of another metric than the soup's: the soup evaluates its own
     job = dict(weights=weights, greedy=greedy, metric=metric, mode=mode, eval_cmd=eval_cmd, known=known, **common)
     result = _with_update_bn(paths, out, update_bn, bn_batches, cfg_options, force, job) if update_bn \
         else _average(paths, out, force, **job)
     if selected is not None:
         result["selected"] = selected
-        result.setdefault("metric", metric)
+        result.setdefault("metric", select_metric or metric)
     return result
 
 

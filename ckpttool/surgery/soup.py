@@ -47,8 +47,11 @@ def _last_json(text: str):
 
 
 def _lookup(obj: dict, metric: str):
-    """`metric` as a top-level key (`acc/top1`), else a dotted path into nested objects (`metrics.top1`)."""
+    """`metric` as a top-level key (`acc/top1`), a key of the flat `metrics` object `ckpt eval` prints
+    (`pose/top1`), else a dotted path into nested objects (`metrics.top1`)."""
     value = obj.get(metric)
+    if value is None and isinstance(obj.get("metrics"), dict):
+        value = obj["metrics"].get(metric)
     if value is None and "." in metric:
         value = obj
         for part in metric.split("."):
