@@ -6,12 +6,12 @@ import fnmatch
 
 import click
 
-from ckpttool.cli.common import MultiOption, finish, output_options
+from ckpttool.cli.common import Command, MultiOption, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, stream_label, stream_of
 
 
-@click.command("runs")
+@click.command("runs", cls=Command)
 @click.argument("work_dir", type=click.Path())
 @click.option("--metric", "metrics", cls=MultiOption, metavar="NAME|GLOB",
               help="Show these metrics (names or globs such as 'acc/*top1'; several values or repeated).")
@@ -166,8 +166,9 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
             cells.append(Cell(row["bytes"] or None, human_bytes))
         if multi_run:
             cells.append(_run_label(row["run"]))
-        cells += [value(row["metrics"].get(n), r["metrics"][n]["percent"]) + _marks(row, n, grouped) for n in names]
-        cells += [fmt_num(row["train"].get(k), 3 if k != "lr" else 4) for k in train]
+        cells += [_marked(value(row["metrics"].get(n), r["metrics"][n]["percent"]), _marks(row, n, grouped))
+                  for n in names]
+        cells += [Cell(row["train"].get(k), lambda x, d=3 if k != "lr" else 4: fmt_num(x, d)) for k in train]
         cells.append("; ".join(flags))
         rows.append(cells)
     notes = [f"metrics from {_sources(r['sources'])}" if r["sources"] else "no validation metrics logged"]
@@ -192,6 +193,11 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
         out.append(Table(["run", r["unit"], "checkpoint"], arows, title="Left out: evaluations/checkpoints of runs "
                                                                         "the current run does not continue"))
     return out
+
+
+def _marked(cell: Cell, mark: str) -> Cell:
+    """The same raw value (CSV), shown with its best/collapse mark."""
+    return cell if not mark or cell.raw is None else Cell(cell.raw, lambda x, f=cell.fmt: f(x) + mark)
 
 
 def _marks(row: dict, name: str, grouped: bool) -> str:
