@@ -53,7 +53,7 @@ def test_mutated_inputs_only_raise_ckpt_errors(fixtures_dir, tmp_path_factory, f
 
 
 # ---- issue 11: structure-aware mutations of the hostile corpus and of genuine torch.save files ----------------
-HOSTILE_EXAMPLES = 25
+HOSTILE_EXAMPLES = 80
 
 
 @pytest.fixture(scope="module")

@@ -85,24 +85,27 @@ def test_payload_in_dcp_metadata_is_refused_and_never_runs(tmp_path, fixtures_di
     cmd = f"touch {sentinel}".encode()
     # os.system("touch ...") as raw protocol-2 opcodes: nothing in this test can run it
     (dcp / ".metadata").write_bytes(b"\x80\x02cos\nsystem\nX" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R.")
-    with pytest.raises(Exception) as err:
-        load(dcp)
-    assert "DCP metadata" in str(err.value)
+    ck = load(dcp)  # the payload makes the metadata unreadable, but the verdict is still the news
+    assert ck.verdict == "code" and "os.system" in ck.suspicious_globals
+    assert any("could not be read past its payload" in n for n in ck.judge.notes)
     out = CliRunner().invoke(cli, ["inspect", str(dcp)])
-    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert out.exit_code == 0 and "DANGER" in out.stdout and "Traceback" not in out.output
+    refused = CliRunner().invoke(cli, ["diff", str(dcp), str(dcp)])
+    assert refused.exit_code == 2 and "os.system" in refused.stderr
     assert not sentinel.exists()
 
 
 def test_forged_memo_index_costs_no_memory(tmp_path):
-    """LONG_BINPUT 0xFFFFFFF0 makes CPython's C unpickler allocate ~64 GB; ours must reject it cheaply."""
+    """LONG_BINPUT 0xFFFFFFF0 makes CPython's C unpickler allocate ~64 GB; ours must reject it cheaply (memo
+    indices out of sequence are forged: one line, exit 2)."""
     import subprocess
     import sys
 
     bomb = tmp_path / "bomb.pkl"
     bomb.write_bytes(b"\x80\x02]r\xf0\xff\xff\xff.")
     # VmHWM (peak RSS of this address space); ru_maxrss would carry over the parent's peak across execve
-    code = ("from ckpttool.io import load_pickle\n"
-            f"d = load_pickle({str(bomb)!r})\n"
+    code = ("from ckpttool.io import load_pickle\nfrom ckpttool.errors import FormatError\n"
+            f"try:\n    load_pickle({str(bomb)!r})\nexcept FormatError as e:\n    assert 'memo index' in str(e)\n"
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -57,6 +57,11 @@ def show(work_dir, fmt, metric=None, mode=None, collapse_drop=DEFAULT_COLLAPSE, 
     if not info["rows"]:
         raise CkptError(f"{work_dir}: no checkpoints (epoch_N/iter_N) and no validation logs found")
     chosen = select_metrics(info, patterns)
+    from ckpttool.report.progress import warn
+
+    for c in info.get("checkpoints", []):
+        if c.get("safety") in ("code", "not verified"):
+            warn(f"{c['path']}: {c['safety_summary']}")
     if mode:
         info = scan(work_dir, collapse_drop=collapse_drop, min_points=min_points, modes={n: mode for n in chosen})
     if best_metric:

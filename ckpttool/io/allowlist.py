@@ -166,5 +166,24 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+BEGIN, END = "<!-- allowlist:begin -->", "<!-- allowlist:end -->"
+
+
+def with_table(doc: str) -> str:
+    """`doc` with the text between the allow-list markers replaced by the current table."""
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        path = sys.argv[2]
+        with open(path, encoding="utf-8") as f:
+            doc = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(with_table(doc))
+    else:
+        print(markdown_table())

@@ -60,9 +60,9 @@ class Checkpoint:
     @property
     def foreign_globals(self) -> list[str]:
         """Globals beyond torch's own weights_only defaults (e.g. mmengine HistoryBuffer, numpy, or a payload)."""
-        return sorted(u["name"] for u in self.global_uses
-                      if not (u["allowed_by"] and AL.ALLOWLIST.get(u["allowed_by"], AL.Entry("", frozenset(), ""))
-                              .torch))
+        return sorted({u["name"] for u in self.global_uses
+                       if not (u["allowed_by"] and AL.ALLOWLIST.get(u["allowed_by"], AL.Entry("", frozenset(), ""))
+                               .torch)})
 
     @property
     def suspicious_globals(self) -> list[str]:

@@ -74,6 +74,11 @@ class Judge:
         return self.allowlist.get(name)
 
     def record(self, name: str, use: str, verdict: str | None = None, detail: str = "") -> str:
+        key = (name, use)
+        rec = self.uses.get(key)
+        if rec is not None and verdict is None:  # the hot path: the same global used the same way again
+            rec["count"] += 1
+            return rec["verdict"]
         entry = self.allowlist.get(name)
         if verdict is None:
             if entry is not None and (use == AL.REFERENCE or use in entry.uses):
@@ -82,8 +87,6 @@ class Judge:
                 verdict = "code"
             else:
                 verdict = "not verified"
-        key = (name, use)
-        rec = self.uses.get(key)
         if rec is None:
             self.uses[key] = rec = {"name": name, "use": use, "verdict": verdict,
                                     "allowed_by": entry.name if entry is not None and verdict == "data" else None,
@@ -832,49 +835,52 @@ def _settle(root, budget: Budget, ops: int):
     that a deep file could overflow."""
     import numpy as np
 
+    leaf_types = {str, bytes, bytearray, int, float, complex, bool, type(None), TensorRef, SpecialTensor, Storage,
+                  GlobalRef, AttrRef, np.ndarray, np.dtype}
     limit = max(budget.max_nodes, budget.nodes_per_op * ops)
     size: dict[int, int] = {}       # id -> expanded size, once finished
     on_path: set[int] = set()
     keep = []                        # objects whose ids we rely on stay alive
     out: dict[int, Any] = {}        # id -> replacement
+    if type(root) in leaf_types or isinstance(root, np.generic):
+        return root
     stack = [(root, False, 0)]
     while stack:
         obj, done, depth = stack.pop()
         oid = id(obj)
+        if done:
+            on_path.discard(oid)
+            total = 1
+            for child in _children(obj):
+                total += size.get(id(child), 1)
+            if total > limit:
+                raise FormatError(f"budget exceeded: the pickle's shared references expand to more than {limit} "
+                                  "values")
+            size[oid] = total
+            _replace_children(obj, out)
+            continue
+        if oid in size:
+            continue
         if isinstance(obj, _Pending):
             if obj.value is None:
                 raise FormatError("numpy array without its data")
             out[oid], size[oid] = obj.value, 1
             keep.append(obj)
             continue
-        if isinstance(obj, _LEAVES) or isinstance(obj, (np.ndarray, np.generic, np.dtype)):
-            continue
         if not isinstance(obj, (dict, list, tuple, set, frozenset, Inert)):
             raise FormatError(f"unexpected value {_describe(obj)} in the pickle")
-        if done:
-            on_path.discard(oid)
-            total = 1
-            for child in _children(obj):
-                total += size.get(id(child), 1)
-            size[oid] = min(total, limit + 1)
-            if size[oid] > limit:
-                raise FormatError(f"budget exceeded: the pickle's shared references expand to more than {limit} "
-                                  "values")
-            _replace_children(obj, out)
-            continue
-        if oid in size:
-            continue
-        if oid in on_path:
-            raise FormatError("the pickle's containers contain themselves (a cycle): not a checkpoint pattern")
         if depth > budget.max_depth:
             raise FormatError(f"budget exceeded: values nested deeper than {budget.max_depth} levels")
         on_path.add(oid)
         keep.append(obj)
         stack.append((obj, True, depth))
         for child in _children(obj):
+            if type(child) in leaf_types:
+                continue
             if id(child) in on_path:
                 raise FormatError("the pickle's containers contain themselves (a cycle): not a checkpoint pattern")
-            stack.append((child, False, depth + 1))
+            if not isinstance(child, np.generic):
+                stack.append((child, False, depth + 1))
     return out.get(id(root), root)
 
 

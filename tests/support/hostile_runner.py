@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ RSS_LIMIT_MB = 1024     # bounded memory: peak RSS of the command (the process h
 AS_LIMIT = 3 << 30      # RLIMIT_AS of the batch process
 COMMANDS = ("inspect", "diff", "graft", "average", "runs", "eval")
 PICKLE_FORMS = {"pickle", "zip", "legacy", "torchscript"}
+# a refusal of a file that would run code must say so (not e.g. "holds no tensors")
+SAFETY_WORDS = re.compile(r"code|unsafe|danger|refus|trust|not allow|allow-list|verdict|global", re.I)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------
@@ -97,8 +100,9 @@ def _child(jobs_path: str, start: int, results_path: str) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    import numpy  # noqa: F401 - paid once, not in the first job's time
-    import torch  # noqa: F401
+    import gc
+
+    import numpy  # noqa: F401 - paid once, not in the first job's time (torch is imported by the jobs needing it)
     from click.testing import CliRunner
 
     from ckpttool.cli.main import cli
@@ -132,6 +136,8 @@ def _child(jobs_path: str, start: int, results_path: str) -> None:
                  "written": sorted(os.listdir(os.path.join(job["cwd"], "out")))}
             out.write(json.dumps(r) + "\n")
             out.flush()
+            del res, r  # the exception's frames hold what the job built: free it before the next job's peak
+            gc.collect()
 
 
 # ---- the watchdog parent ---------------------------------------------------------------------------------------
@@ -238,9 +244,22 @@ def verdict_of(stdout: str) -> str | None:
         obj = json.loads(stdout)
     except ValueError:
         return None
+    if not isinstance(obj, dict):
+        return None
     if isinstance(obj.get("safety"), dict):
         return obj["safety"].get("verdict")
-    return "code" if obj.get("suspicious_globals") else "data (old reader: no safety.verdict)"
+    return "code" if obj.get("suspicious_globals") else "data"  # the reader before issue 11: no safety.verdict
+
+
+def new_api(results: dict) -> bool:
+    """Whether the reader under test reports `safety.verdict` (issue 11's API) in `inspect --format json`."""
+    for r in results.values():
+        if r.get("id", "").endswith(":inspect") and r.get("rc") == 0:
+            try:
+                return "safety" in json.loads(r["stdout"])
+            except ValueError:
+                continue
+    return False
 
 
 def tensors_of(stdout: str):
@@ -297,9 +316,14 @@ def problems(info: dict, results: dict[str, dict]) -> list[str]:
                 if rc == 0 and want is not None and tensors_of(r["stdout"]) != want:
                     out.append(f"{tag}: read {tensors_of(r['stdout'])} tensors, torch reads {want}")
         elif expect in ("code", "unsafe"):
-            flagged = cmd == "runs" and rc == 0 and ("DANGER" in r["stdout"] or '"code"' in r["stdout"])
-            if rc != 2 and not flagged:  # `runs` may list the file instead, if it marks it DANGER
+            # `runs` lists a work_dir's checkpoints by name and its logs' metrics without opening the checkpoints:
+            # it may list the file (exit 0) as long as it never calls it safe; it may also flag or refuse it
+            listed = cmd == "runs" and rc == 0 and '"verdict": "data"' not in r["stdout"]
+            if rc != 2 and not listed:
                 out.append(f"{tag}: expected a refusal (exit 2)")
+            elif (rc == 2 and expect == "code" and not info.get("structural")
+                  and not SAFETY_WORDS.search(first)):
+                out.append(f"{tag}: refused, but not for safety: {first}")
         elif expect == "data":
             strict = {"diff": (0, 1), "average": (0,), "runs": (0,)}
             if info["cls"] == "4":
@@ -341,7 +365,9 @@ def findings_markdown(manifest: dict, results: dict, took: float, head: str) -> 
     lines = [f"# Hostile corpus findings ({head})", "",
              f"{len(manifest['cases'])} cases, {len(results)} command runs in {took:.0f} s "
              f"(2 workers, shared machine). Limits: {TIME_LIMIT_S:.0f} s and {RSS_LIMIT_MB} MB per command, "
-             f"RLIMIT_AS {AS_LIMIT >> 30} GiB, watchdog {TIMEOUT_S} s. Regenerate: "
+             f"RLIMIT_AS {AS_LIMIT >> 30} GiB, watchdog {TIMEOUT_S} s. Reader API: "
+             + ("issue 11 (`safety.verdict`)" if new_api(results) else
+                "old (no `safety.verdict`: 'code' = suspicious_globals non-empty, else 'data')") + ". Regenerate: "
              "`PYTHONPATH=$PWD .venv/bin/python -m tests.support.hostile_runner --findings FILE`.", "",
              "Expectations: **code** = torch.load runs code / calls an unlisted global: `inspect` DANGER, others "
              "exit 2; **unsafe** = attacks the reader: exit 2 (inspect may show DANGER); **bounded** = any of "
