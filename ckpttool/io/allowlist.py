@@ -39,17 +39,14 @@ def _e(name, uses, why, torch=False, aliases=(), attributes=None):
 
 _TORCH_DTYPES = ("float32 float64 float16 bfloat16 int64 int32 int16 int8 uint8 bool complex64 complex128 "
                  "complex32 uint16 uint32 uint64 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz "
-                 "float8_e8m0fnu float4_e2m1fn_x2 bits1x8 bits2x4 bits4x2 bits8 bits16 qint8 quint8 qint32 "
-                 "quint4x2 quint2x4").split()
+                 "float8_e8m0fnu float4_e2m1fn_x2 bits1x8 bits2x4 bits4x2 bits8 bits16 qint8").split()
 _TORCH_STORAGES = ("FloatStorage DoubleStorage HalfStorage BFloat16Storage LongStorage IntStorage ShortStorage "
                    "CharStorage ByteStorage BoolStorage ComplexFloatStorage ComplexDoubleStorage QInt8Storage "
                    "QUInt8Storage QInt32Storage QUInt4x2Storage QUInt2x4Storage").split()
 _REBUILD = {
-    "_rebuild_tensor": "(storage, offset, size, stride): a strided view, checked to lie inside its storage",
     "_rebuild_tensor_v2": "(storage, offset, size, stride, requires_grad, empty hooks[, metadata])",
     "_rebuild_tensor_v3": "(UntypedStorage, offset, size, stride, requires_grad, empty hooks, dtype[, metadata])",
     "_rebuild_parameter": "(tensor, requires_grad, empty hooks)",
-    "_rebuild_parameter_with_state": "(tensor, requires_grad, empty hooks, plain state)",
     "_rebuild_qtensor": "(storage, offset, size, stride, (qscheme, scale(s), zero point(s)[, axis]), ...)",
     "_rebuild_sparse_tensor": "(layout, (indices..., values, size[, coalesced])): component tensors",
     "_rebuild_meta_tensor_no_storage": "(dtype, size, stride, requires_grad): shape only, no data",
@@ -63,8 +60,6 @@ ENTRIES = [
     _e("torch.device", "call", "('cpu' | 'cuda'[, index]): a device name string", torch=True),
     _e("torch.serialization._get_layout", "call", "('torch.sparse_coo' …): a layout name", torch=True),
     _e("torch.Tensor", "reference", "the tensor class, as _rebuild_from_type_v2's type", torch=True),
-    _e("torch.nn.parameter.Parameter", "reference", "the parameter class, as _rebuild_from_type_v2's type",
-       torch=True),
     _e("torch._tensor._rebuild_from_type_v2", "call",
        "(allow-listed rebuild function, tensor class, args, plain state)", torch=True),
     _e("torch.storage.UntypedStorage", "reference", "storage class named in a persistent id (bytes)", torch=True),
@@ -81,7 +76,6 @@ ENTRIES = [
        "tensors (mmaction2 --dump files); the embedded file is judged with the same rules"),
     _e("builtins.int", "reference call", "the int type as a value (protocol 2 writes __builtin__.long); "
        "int(str | number)"),
-    _e("builtins.object", "reference", "base class argument of copyreg._reconstructor"),
     _e("builtins.dict", "reference", "the dict type as a value (OmegaConf metadata; defaultdict factory)"),
     _e("builtins.list", "reference", "the list type as a value (OmegaConf metadata)"),
     _e("typing.Any", "reference", "the typing.Any marker as a value (OmegaConf metadata)"),
@@ -89,14 +83,14 @@ ENTRIES = [
        "by SETITEMS (Lightning hyper-parameters)"),
     _e("_io.BytesIO", "instantiate", "an in-memory byte buffer: NEWOBJ + BUILD with (bytes, position, dict) "
        "(DCP stores such items)"),
-    _e("copyreg._reconstructor", "call", "(class, object, None): object.__new__(class); the class is judged as "
-       "instantiated"),
     _e("builtins.getattr", "call", "(allow-listed class, public name): the result is a reference and is never "
        "called (how protocol 2 pickles methods such as HistoryBuffer.min)"),
     # --- numpy ---------------------------------------------------------------------------------------------
     _e("numpy.core.multiarray._reconstruct", "call", "(numpy.ndarray, (0,), b'b'): an empty array record, filled "
        "only by ckpt from BUILD's (version, shape, dtype, fortran, bytes); object dtypes refused",
        aliases=("numpy._core.multiarray._reconstruct",)),
+    _e("numpy.core.numeric._frombuffer", "call", "(bytes, dtype, shape, order): how protocol 5 pickles arrays; "
+       "the bytes must match the shape exactly", aliases=("numpy._core.numeric._frombuffer",)),
     _e("numpy.ndarray", "reference", "the array class, as _reconstruct's subtype"),
     _e("numpy.dtype", "call", "(kind string, False, True) + BUILD state: bool, int, uint, float, complex, bytes "
        "and str kinds only; never object or structured"),
