@@ -8,7 +8,7 @@ Graft builds twice (`MetaBuild`):
 1. `layout()`: parameters and buffers on meta, no initialisation: names, shapes, dtypes for the plan.
 2. `materialise(keys, seed)`: the same constructor again under the same seed, keeping on the CPU only the tensors
    named in `keys` (those that receive no weights), then `init_weights()`. Random initialisers that hit a meta
-   tensor are replayed on a temporary CPU tensor of the same shape, strides and dtype, so the CPU generator is
+   tensor are replayed on a CPU scratch tensor of the same shape, strides and dtype, so the CPU generator is
    consumed exactly as in a full CPU build: the kept tensors get the values a CPU build under that seed gives
    them (what training would start from), and the peak memory is one tensor, not the model. A meta value copied
    to the CPU (mmengine's init-info log does `param.data.mean().cpu()`) reads as zeros; a model whose
@@ -66,14 +66,30 @@ def replay_random_on_meta():
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    buffers: dict = {}
+
+    def scratch(t):
+        """A CPU tensor like `t`: a view of one reused buffer per dtype (allocating and freeing one per tensor
+        leaves the freed pages resident in glibc's heap)."""
+        if not t.is_contiguous():
+            return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+        buf = buffers.get(t.dtype)
+        if buf is None or buf.numel() < t.numel():
+            buffers[t.dtype] = buf = None
+            buf = buffers[t.dtype] = torch.empty(t.numel(), dtype=t.dtype)
+        return buf[: t.numel()].view(t.shape)
+
     class ReplayRandomOnMeta(TorchDispatchMode):
+        def __exit__(self, *exc):
+            buffers.clear()
+            return super().__exit__(*exc)
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func.__name__.split(".")[0] in RANDOM_INPLACE and args and isinstance(args[0], torch.Tensor) \
                     and args[0].is_meta:
                 t = args[0]
-                scratch = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
-                func(scratch, *args[1:], **kwargs)
+                func(scratch(t), *args[1:], **kwargs)
                 return t
             if func is torch.ops.aten._to_copy.default and args and isinstance(args[0], torch.Tensor) \
                     and args[0].is_meta and str(kwargs.get("device", "meta")) != "meta":
