@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 import time
@@ -194,6 +195,67 @@ def bench_kaist(repeat):
           f"{total[0] / total[2]:5.1f}x")
 
 
+def kaist_result_files(directory):
+    """The 16-file set of issue 13: the 4 published txt files and 12 COCO-style json files (each txt file as json
+    three times, boxes jittered by a seeded +-1 px per copy; image_id 0-based). Returns the paths."""
+    rng = np.random.default_rng(0)
+    src = sorted(glob.glob(os.path.join(ROOT, "fixtures", "kaist", "detections", "*_result.txt")))
+    paths = list(src)
+    for path in src:
+        arr = np.loadtxt(path, delimiter=",", ndmin=2)
+        for copy in range(3):
+            box = arr[:, 1:5] + rng.uniform(-1, 1, (len(arr), 4)) * (copy > 0)
+            box[:, 2:] = np.maximum(box[:, 2:], 1.0)
+            items = [{"image_id": int(a[0]) - 1, "category_id": 1, "bbox": [round(float(v), 4) for v in b],
+                      "score": float(a[5])} for a, b in zip(arr, box)]
+            out = os.path.join(directory, f"{os.path.basename(path).split('_')[0]}{copy}_result.json")
+            with open(out, "w") as f:
+                json.dump(items, f)
+            paths.append(out)
+    return paths
+
+
+def _read_like_the_script(path):
+    """How the MLPD script gets a result file into Python: json.load, or the txt lines split by hand."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            return json.load(f)
+    with open(path) as f:
+        return [[float(v) for v in line.split(",")] for line in f if line.strip()]
+
+
+def bench_kaist_files(repeat):
+    """16 result files end to end (read, validate, all subsets x both protocols + AP@0.5) vs the per-image loop
+    (the MLPD script's way: its own reading plus COCOeval-style matching) on the same files."""
+    import tempfile
+
+    from ckpttool.metrics.kaist import evaluate_kaist, gt_ignored
+    from ckpttool.metrics.kaist_io import load_annotations, load_detections
+
+    ann_path = os.path.join(ROOT, "fixtures", "kaist", "KAIST_annotation.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = kaist_result_files(tmp)
+        n_box = sum(len(load_detections(p, load_annotations(ann_path)).score) for p in paths)
+        mb = sum(os.path.getsize(p) for p in paths if p.endswith(".json")) / 1e6
+        ann = load_annotations(ann_path)
+        ignored = gt_ignored(ann, "Reasonable")
+
+        def script():
+            for p in paths:
+                _read_like_the_script(p)
+                loop_kaist(ann, load_detections(p, ann), ignored)
+
+        t_loop = min(_timed(script) for _ in range(max(1, repeat // 3)))
+        t_read = min(_timed(lambda: [load_detections(p, ann) for p in paths if p.endswith(".json")])
+                     for _ in range(repeat))
+        t_ckpt = min(_timed(lambda: evaluate_kaist(paths, ann_path)) for _ in range(repeat))
+    print(f"KAIST result files: {len(paths)} files (4 txt + 12 json, {mb:.1f} MB of json), {n_box} boxes")
+    print(f"  per-image loop (MLPD script's way)  {_ms(t_loop)}")
+    print(f"  ckpt eval --task kaist --preds      {_ms(t_ckpt)}   {100 * t_ckpt / t_loop:4.1f} % of the loop "
+          f"(target <= 5 %)")
+    print(f"  of which reading the 12 json files  {_ms(t_read)}")
+
+
 def _ms(seconds):
     return f"{seconds * 1e3:6.1f} ms"
 
@@ -237,6 +299,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-dump", action="store_true", help="skip timing the NTU60 dump pickle (needs torch)")
+    parser.add_argument("--only-files", action="store_true", help="only the 16 KAIST result files benchmark")
     args = parser.parse_args()
+    bench_kaist_files(args.repeat)
+    if args.only_files:
+        sys.exit(0)
     bench_kaist(args.repeat)
     bench_ntu(args.repeat, not args.no_dump)

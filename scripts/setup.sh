@@ -16,15 +16,23 @@ quiet() { "$@" 2>&1 | { grep -v 'is neither a file nor a directory' || true; }; 
 quiet $pip install torch==2.13.0
 # Then the project with its extras, always under the constraints file.
 quiet $pip install -c constraints.txt -e '.[mmaction,test]'
-# The genuine corpus's libraries (tests/support/genuine_corpus.py): lightning, transformers 5, accelerate,
-# omegaconf; timm without its torchvision requirement; transformers 4 as a --target overlay (.venv-tf4/).
-quiet $pip install -c constraints.txt -r requirements/genuine.txt
-quiet $pip install -c constraints.txt --no-deps -r requirements/genuine-nodeps.txt
-[ -d .venv-tf4/transformers ] || quiet $pip install --no-deps --target .venv-tf4 -r requirements/genuine-tf4.txt
+# The genuine corpus's libraries (tests/support/genuine_corpus.py) get their own environment, .venv-corpus: with
+# transformers beside mmaction2, mmaction imports its multimodal models -> timm -> torchvision (a CUDA build that
+# fails with the CPU torch). torch first, then the project and the libraries under the constraints file; timm
+# without its torchvision requirement; transformers 4 as a --target overlay (.venv-tf4/) used by one family.
+[ -x .venv-corpus/bin/python ] || "$PY" -m venv .venv-corpus
+cpip=".venv-corpus/bin/python -m pip --disable-pip-version-check -q"
+quiet $cpip install torch==2.13.0
+quiet $cpip install -c constraints.txt -e . -r requirements/genuine.txt
+quiet $cpip install -c constraints.txt --no-deps -r requirements/genuine-nodeps.txt
+[ -d .venv-tf4/transformers ] || quiet $cpip install --no-deps --target .venv-tf4 -r requirements/genuine-tf4.txt
 # A second, torch-free environment with NumPy 2: the reader's core must work under NumPy 1.26 and 2.x
 # (tests/test_numpy2.py runs the same files through both and compares).
 [ -x .venv-np2/bin/python ] || "$PY" -m venv .venv-np2
 quiet .venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>=2,<3' 'click>=8.1' 'tabulate>=0.9' 'pyyaml>=6'
+# The [mmdet] extra in its own environment: mmdet 3.x needs mmcv *with compiled ops*, mmaction2 runs on mmcv-lite,
+# and both install the same `mmcv` package folder, so they never share a venv (tests marked `mmdet` run here).
+bash scripts/setup_mmdet.sh
 rm -f "$VENV"/.ckpt-setup-*
 touch "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2

@@ -309,3 +309,17 @@ def test_checkpoint_grafted_by_ckpt_graft_evaluates_like_its_source(ntu_workdir,
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluate_model(config, out, [3], cfg_options=options, dump=tmp_path)
     _assert_same_dump(_load(tmp_path / "clips_3.pkl"), _load(entry["reference"]["3"]))
+
+
+@pytest.mark.slow
+def test_cli_json_is_the_only_thing_on_stdout(ntu_workdir, tmp_path):
+    """mmengine logs to stdout; under ``--format json`` the one JSON object must be all there is."""
+    config, options, entry = _setup(ntu_workdir, "rgbpose")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "ckpttool", "eval", str(config), entry["checkpoint"], "--clips", "1", "--limit", "1",
+           "--format", "json", "--cfg-options", *[f"{k}={v!r}" for k, v in options.items()]]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert res["task"] == "ntu60" and res["num_samples"] == 1 and res["weights"]["missing"] == []

@@ -88,3 +88,13 @@ def test_kaist_metrics_from_files_never_import_torch():
     kaist = ROOT / "fixtures" / "kaist"
     _no_torch("eval", "--task", "kaist", "--preds", str(kaist / "detections" / "MLPD_result.txt"),
               "--ann", str(kaist / "KAIST_annotation.json"), "--format", "csv")
+
+
+def test_engine_functions_are_short():
+    """The engine reads as a pipeline of short steps (issue 12: no function longer than ~40 lines)."""
+    long = []
+    for path in sorted((PACKAGE / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 40:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

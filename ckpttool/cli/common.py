@@ -76,8 +76,12 @@ def fail(exc: BaseException, debug: bool, unexpected: bool = False) -> None:
 
 
 def finish(result: dict, tables, fmt: str, failed: str | None = None) -> None:
-    """Print the result; exit 1 afterwards if a requested check failed (the report is printed first)."""
-    emit(result, tables, fmt)
+    """Print the result; exit 1 afterwards if a requested check failed (the report is printed first). Under
+    torchrun only rank 0 prints (every rank holds the same gathered result)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        emit(result, tables, fmt)
     if failed:
         raise CheckFailed(failed)
 

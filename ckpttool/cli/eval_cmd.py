@@ -48,24 +48,29 @@ from ckpttool.report.output import Table, pct, signed
 @click.option("--cfg-options", cls=MultiOption, metavar="KEY=VALUE", help="With CONFIG: override config keys.")
 @click.option("--project-root", type=click.Path(file_okay=False), metavar="DIR",
               help="With CONFIG: put DIR (and the current directory) on sys.path for the config's custom_imports.")
+@click.option("--tta", cls=MultiOption, metavar="SETTING[,SETTING ...]",
+              help="kaist with CONFIG: test-time augmentation settings, one row each: none, flip, "
+                   "scale:WxH[:WxH...], a + combination (flip+scale:640x512:800x640), config (the config's "
+                   "tta_model + tta_pipeline). Each distinct view runs once. Default: none.")
 @click.option("--views-per-batch", type=int, help="With CONFIG: views per forward pass.")
 @click.option("--cache", type=click.Path(), metavar="DIR", help="With CONFIG: per-clip score cache.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--launcher", type=click.Choice(["none", "pytorch"]), default="none", show_default=True)
 @click.option("--limit", type=int, help="With CONFIG: only the first N test samples.")
 @click.option("--dump", type=click.Path(), metavar="DIR",
-              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl (readable with --preds).")
+              help="With CONFIG: write mmaction2-style dumps DIR/clips_<k>.pkl; kaist: DIR/<setting>_result.txt "
+                   "and DIR/<setting>.pkl as tools/test.py --out (all readable with --preds).")
 @output_options
 def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, split, aggregate, clips,
              views_per_clip, view_order, per_class, protocol, setup, plot, save_metrics, force, baseline, tolerance,
-             summary, cfg_options,
-             project_root, views_per_batch, cache, device, launcher, limit, dump, fmt):
+             summary, cfg_options, project_root, tta, views_per_batch, cache, device, launcher, limit, dump, fmt):
     """Metric tables from predictions, or from running CONFIG + CHECKPOINT.
 
     \b
     ckpt eval --task ntu60 --preds joint.pkl bone.pkl --coefficients 1 1 [--ann ntu60.pkl --split xsub_val]
     ckpt eval --task kaist --preds MLPD_result.txt --ann KAIST_annotation.json [--protocol mlpd|matlab]
     ckpt eval CONFIG CHECKPOINT --clips 1,3,5,10
+    ckpt eval CONFIG CHECKPOINT --task kaist --ann KAIST_annotation.json --tta none,flip,flip+scale:640x512:800x640
     Add --save-metrics m.json to keep the result, --baseline m.json --tolerance 0.5 to gate on it (exit 1)."""
     from ckpttool.engine.evaluate import run_eval
 
@@ -77,7 +82,7 @@ def eval_cmd(config, checkpoint, task, preds, coefficients, apply_softmax, ann, 
                       **_model_options(
                           config, cfg_options=list(cfg_options) or None, views_per_batch=views_per_batch,
                           cache=cache, device=device, launcher=launcher, limit=limit, dump=dump,
-                          project_root=project_root))
+                          project_root=project_root, **({"tta": list(tta)} if tta else {})))
     finish(report.to_dict(), tables(report), fmt, report.failed)
 
 
@@ -89,6 +94,8 @@ def _model_options(config, **options) -> dict:
 def tables(report) -> list:
     """The tables of an ``EvalReport``: the task's, then the gate's."""
     out = kaist_tables(report.result) if report.result["task"] == "kaist" else ntu_tables(report.result)
+    if report.result.get("mode") == "model" and report.result["task"] == "kaist":
+        out.append(detector_views_table(report.result))
     if report.gate is not None:
         out.append(gate_table(report.gate, report.gate["baseline"]))
     return out
@@ -148,6 +155,19 @@ def kaist_tables(r: dict) -> list:
     proto = Table(["method", "mlpd all", "mlpd day", "mlpd night", "matlab all", "matlab day", "matlab night"],
                   both, title="MR-2 under both protocols (%)", formats=_pct_columns(1, 2, 3, 4, 5, 6))
     return [main, proto]
+
+
+def detector_views_table(r: dict) -> Table:
+    """Per TTA setting of a detector run: its views and the config's own test_evaluator metrics."""
+    names = sorted({k for m in r["methods"] for k in m.get("evaluator", {})})
+    rows = [[m["name"], len(m["views"])] + [m["evaluator"].get(k) for k in names] for m in r["methods"]]
+    v = r["views"]
+    notes = [f"{len(v['distinct'])} distinct views: {len(v['run'])} run ({v['forward_passes']} forward passes), "
+             f"{len(v['cached'])} from the cache"]
+    if r.get("limit"):
+        notes.append(f"--limit {r['limit']}: the first {r['limit']} of {r['num_test_images']} test images only")
+    return Table(["setting", "views"] + names, rows, title=f"{r['checkpoint']}: views and the config's evaluator",
+                 notes=notes)
 
 
 def gate_table(g: dict, baseline: str) -> Table:

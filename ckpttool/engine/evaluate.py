@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from ckpttool.errors import CkptError
 
 # task -> (module, function) that runs CONFIG + CHECKPOINT for it
-MODEL_TASKS = {"ntu60": ("ckpttool.integrations.mmaction_recognizer", "evaluate_model")}
+MODEL_TASKS = {"ntu60": ("ckpttool.integrations.mmaction_recognizer", "evaluate_model"),
+               "kaist": ("ckpttool.integrations.mmdet", "evaluate_model")}
 
 
 @dataclass
@@ -102,6 +103,9 @@ def evaluate(config=None, checkpoint=None, *, task=None, preds=(), ann=None, cur
             raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
         module, name = MODEL_TASKS[task or "ntu60"]
         run = getattr(importlib.import_module(module), name)
+        if task == "kaist":
+            return run(config, checkpoint, ann=ann, protocol=protocol, setup=setup, curves=curves, split=split,
+                       **model_options)
         return run(config, checkpoint, clips=ks, aggregate=aggregate, split=split, **model_options)
     if task == "kaist":
         if not ann:

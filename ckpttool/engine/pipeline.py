@@ -2,6 +2,7 @@
 setting → metrics → dumps. What a model family changes comes from its task adapter (:mod:`.adapter`)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,9 @@ def evaluate(adapter: TaskAdapter, config, checkpoint, settings=None, *, cfg_opt
     build = build_run(config, cfg_options, split, project_root)
     chosen = adapter.settings(build, settings)
     keys = distinct_views(adapter, chosen)
-    with Dist(options.launcher, options.device) as dist:
+    from ckpttool.integrations.openmmlab import quiet_mmengine_logs
+
+    with Dist(options.launcher, options.device) as dist, quiet_mmengine_logs(logging.ERROR):
         out = collect_views(adapter, build, checkpoint, keys, options, dist)
         result = {"task": adapter.task, "config": str(config), "checkpoint": str(checkpoint),
                   **adapter.report(build, chosen, out.results, out.cached), "split": build.split,

@@ -204,16 +204,23 @@ def _import_registries(scope: str) -> None:
 
 @contextlib.contextmanager
 def quiet_mmengine_logs(level: int = logging.WARNING):
-    """Raise mmengine's current logger to ``level`` for the block (init_weights logs every parameter at INFO)."""
+    """For the block: mmengine's current logger at ``level`` at least (init_weights logs every parameter at INFO),
+    and its console handlers on stderr (mmengine writes to stdout, where ``--format json`` prints its one
+    object)."""
     from mmengine.logging import MMLogger
 
     logger = MMLogger.get_current_instance()
-    old = logger.level
-    logger.setLevel(level)
+    old_level = logger.level
+    moved = [h for h in logger.handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
+    logger.setLevel(max(level, old_level))
+    for h in moved:
+        h.setStream(sys.stderr)
     try:
         yield logger
     finally:
-        logger.setLevel(old)
+        logger.setLevel(old_level)
+        for h in moved:
+            h.setStream(sys.stdout)
 
 
 def build_model(cfg, device: str | None = "cpu", init: bool = True):

@@ -49,7 +49,6 @@ _REBUILD = {
     "_rebuild_tensor_v2": "(storage, offset, size, stride, requires_grad, empty hooks[, metadata])",
     "_rebuild_tensor_v3": "(UntypedStorage, offset, size, stride, requires_grad, empty hooks, dtype[, metadata])",
     "_rebuild_parameter": "(tensor, requires_grad, empty hooks)",
-    "_rebuild_parameter_with_state": "(tensor, requires_grad, empty hooks, plain state)",
     "_rebuild_qtensor": "(storage, offset, size, stride, (qscheme, scale(s), zero point(s)[, axis]), ...)",
     "_rebuild_sparse_tensor": "(layout, (indices..., values, size[, coalesced])): component tensors",
     "_rebuild_meta_tensor_no_storage": "(dtype, size, stride, requires_grad): shape only, no data",
@@ -81,7 +80,6 @@ ENTRIES = [
        "tensors (mmaction2 --dump files); the embedded file is judged with the same rules"),
     _e("builtins.int", "reference call", "the int type as a value (protocol 2 writes __builtin__.long); "
        "int(str | number)"),
-    _e("builtins.object", "reference", "base class argument of copyreg._reconstructor"),
     _e("builtins.dict", "reference", "the dict type as a value (OmegaConf metadata; defaultdict factory)"),
     _e("builtins.list", "reference", "the list type as a value (OmegaConf metadata)"),
     _e("typing.Any", "reference", "the typing.Any marker as a value (OmegaConf metadata)"),
@@ -89,14 +87,14 @@ ENTRIES = [
        "by SETITEMS (Lightning hyper-parameters)"),
     _e("_io.BytesIO", "instantiate", "an in-memory byte buffer: NEWOBJ + BUILD with (bytes, position, dict) "
        "(DCP stores such items)"),
-    _e("copyreg._reconstructor", "call", "(class, object, None): object.__new__(class); the class is judged as "
-       "instantiated"),
     _e("builtins.getattr", "call", "(allow-listed class, public name): the result is a reference and is never "
        "called (how protocol 2 pickles methods such as HistoryBuffer.min)"),
     # --- numpy ---------------------------------------------------------------------------------------------
     _e("numpy.core.multiarray._reconstruct", "call", "(numpy.ndarray, (0,), b'b'): an empty array record, filled "
        "only by ckpt from BUILD's (version, shape, dtype, fortran, bytes); object dtypes refused",
        aliases=("numpy._core.multiarray._reconstruct",)),
+    _e("numpy.core.numeric._frombuffer", "call", "(bytes, dtype, shape, order): how protocol 5 pickles arrays; "
+       "the bytes must match the shape exactly", aliases=("numpy._core.numeric._frombuffer",)),
     _e("numpy.ndarray", "reference", "the array class, as _reconstruct's subtype"),
     _e("numpy.dtype", "call", "(kind string, False, True) + BUILD state: bool, int, uint, float, complex, bytes "
        "and str kinds only; never object or structured"),

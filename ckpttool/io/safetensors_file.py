@@ -120,11 +120,13 @@ def read_index(path: str):
 
 
 def _shard_path(root: str, shard) -> str:
-    if not isinstance(shard, str) or not shard or os.path.isabs(shard) or "\x00" in shard:
-        raise FormatError(f"safetensors index names an invalid shard {shard!r}")
-    full = os.path.realpath(os.path.join(root, shard))
-    if os.path.commonpath([full, os.path.realpath(root)]) != os.path.realpath(root):
-        raise FormatError(f"safetensors index shard {shard!r} escapes its directory")
+    """A shard named by the index: a plain relative name inside the index's folder (no absolute path, no `..`).
+    The name is what is checked, not where a symlink leads (a hub cache links shards into ../../blobs/)."""
+    if not isinstance(shard, str) or not shard or os.path.isabs(shard) or "\x00" in shard \
+            or ".." in shard.replace("\\", "/").split("/"):
+        raise FormatError(f"sharded checkpoint index names an invalid shard {str(shard)[:80]!r} (it must be a "
+                          "relative name inside the index's folder)")
+    full = os.path.join(root, shard)
     if not os.path.isfile(full):
         raise FormatError(f"shard {shard!r} listed in the index is missing")
     return full

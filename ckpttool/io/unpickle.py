@@ -152,6 +152,12 @@ class AttrRef(Inert):
     __slots__ = ()
 
 
+class BackRef(Inert):
+    """Where the file's objects point back at an enclosing one (OmegaConf nodes keep `_parent`): the cycle is cut
+    here, so every walk of the value is a walk of a tree."""
+    __slots__ = ()
+
+
 class _Pending:
     """A numpy dtype / array whose BUILD state has not arrived yet; replaced by its value after loading."""
     __slots__ = ("kind", "spec", "value")
@@ -298,7 +304,8 @@ class SafeUnpickler(pickle._Unpickler):
     def instantiate(self, cls, args=(), kwargs=None):
         if not isinstance(cls, GlobalRef):
             raise FormatError(f"the pickle instantiates a {type(cls).__name__} value")
-        if (args or kwargs) and self.judge.entry(cls.qualname) is None:
+        entry = self.judge.entry(cls.qualname)
+        if (args or kwargs) and (entry is None or AL.INSTANTIATE not in entry.uses):
             # file-chosen values handed to a foreign class's __new__ (numpy.memmap opens files so): a call
             self.judge.record(cls.qualname, AL.CALL, "code", "NEWOBJ passes arguments to the class's __new__")
         if self.judge.record(cls.qualname, AL.INSTANTIATE) == "data" and cls.qualname in _CONTAINERS:
@@ -769,6 +776,19 @@ def _build_numpy(up, pending: _Pending, state):
     pending.value = arr
 
 
+def _np_frombuffer(up, buf, dtype, shape, order="C"):
+    import numpy as np
+
+    dt, shape = _np_dtype_of(dtype), _shape(shape)
+    if isinstance(buf, str):
+        buf = buf.encode("latin1")
+    if not isinstance(buf, (bytes, bytearray)) or dt.itemsize == 0 or order not in ("C", "F", "A", "K"):
+        raise FormatError("malformed numpy buffer record")
+    if len(buf) != math.prod(shape) * dt.itemsize:
+        raise FormatError("numpy buffer does not match its shape")
+    return np.frombuffer(bytes(buf), dtype=dt).reshape(shape, order="F" if order == "F" else "C")
+
+
 def _np_scalar(up, dtype, data=None):
     import numpy as np
 
@@ -807,6 +827,8 @@ _IMPL: dict[str, Callable] = {
     "numpy.core.multiarray._reconstruct": _np_reconstruct,
     "numpy._core.multiarray._reconstruct": _np_reconstruct,
     "numpy.dtype": _np_dtype,
+    "numpy.core.numeric._frombuffer": _np_frombuffer,
+    "numpy._core.numeric._frombuffer": _np_frombuffer,
     "numpy.core.multiarray.scalar": _np_scalar,
     "numpy._core.multiarray.scalar": _np_scalar,
 }
@@ -836,7 +858,7 @@ def _settle(root, budget: Budget, ops: int):
     import numpy as np
 
     leaf_types = {str, bytes, bytearray, int, float, complex, bool, type(None), TensorRef, SpecialTensor, Storage,
-                  GlobalRef, AttrRef, np.ndarray, np.dtype}
+                  GlobalRef, AttrRef, BackRef, np.ndarray, np.dtype}
     limit = max(budget.max_nodes, budget.nodes_per_op * ops)
     size: dict[int, int] = {}       # id -> expanded size, once finished
     on_path: set[int] = set()
@@ -874,14 +896,44 @@ def _settle(root, budget: Budget, ops: int):
         on_path.add(oid)
         keep.append(obj)
         stack.append((obj, True, depth))
+        _cut_back_edges(obj, on_path)
         for child in _children(obj):
             if type(child) in leaf_types:
                 continue
-            if id(child) in on_path:
-                raise FormatError("the pickle's containers contain themselves (a cycle): not a checkpoint pattern")
             if not isinstance(child, np.generic):
                 stack.append((child, False, depth + 1))
     return out.get(id(root), root)
+
+
+def _cut_back_edges(obj, on_path: set):
+    """Replace references from `obj` to an object it is inside of by BackRef leaves (in place; our records' args
+    are rebuilt). A tuple pointing back is refused: pickles of real objects never need one."""
+    def back(v):
+        return id(v) in on_path
+
+    def ref(v):
+        return BackRef(f"<cycle: back to the enclosing {_describe(v)}>")
+
+    if isinstance(obj, dict):
+        for k, v in list(obj.items()):
+            if back(v):
+                obj[k] = ref(v)
+    elif type(obj) is list:
+        for i, v in enumerate(obj):
+            if back(v):
+                obj[i] = ref(v)
+    elif isinstance(obj, Inert):
+        if any(back(v) for v in obj.args):
+            obj.args = tuple(ref(v) if back(v) else v for v in obj.args)
+        if back(obj.state):
+            obj.state = ref(obj.state)
+        for d in (obj.kwargs, obj.items):
+            for k, v in list(d.items()):
+                if back(v):
+                    d[k] = ref(v)
+        obj.listitems = [ref(v) if back(v) else v for v in obj.listitems]
+    elif any(back(v) for v in obj):
+        raise FormatError("the pickle's containers contain themselves (a cycle): not a checkpoint pattern")
 
 
 def _replace_children(obj, out: dict):

@@ -52,6 +52,9 @@ manifest: ``runs`` = {'sgd': run, 'adamw': run}; each run::
           check_keys: [...], ema_sums: {key: sum of EMA weights == sum(state_dict[key])},
           raw_sums: {key: sum of raw weights == sum(ema_state_dict['module.'+key])}}
 
+``kaist_mmdet/`` — only on request (``--only kaist_mmdet``, in ``.venv-mmdet``): painted KAIST pairs and a tiny
+two-stream Faster R-CNN trained on them by a real Runner; files and manifest in tests/support/kaist_twostream/fixture.py.
+
 ``layouts/`` — :func:`write_layouts`: for each name in :data:`LAYOUTS`, ``layouts/<name>.pth`` =
 ``{'meta': {...}, 'state_dict': OrderedDict}`` (torch zip) with the exact key set of ``fixtures/keys/<name>.txt``;
 shapes scaled by :func:`scaled_shapes` (every dim >= 16 is ``// 8``, smaller dims kept), values from
@@ -144,6 +147,10 @@ KEYS_DIR = REPO_ROOT / "fixtures" / "keys"
 DEFAULT_OUT = REPO_ROOT / "fixtures" / "generated"
 
 FAMILIES = ("mmengine", "layouts", "formats", "malicious", "diff")
+#: families generated only on request (``--only`` / ``ensure_fixtures(only=...)``): they need an extra's venv.
+#: ``kaist_mmdet`` (the [mmdet] extra): see tests/support/kaist_twostream/fixture.py
+OPTIONAL_FAMILIES = ("kaist_mmdet",)
+_FAMILY_SOURCES = {"kaist_mmdet": "tests/support/kaist_twostream"}
 LAYOUTS = ("rgbpose", "posec3d", "bevfusion_det", "bevfusion_det_map_gca", "kaist_frcnn", "kaist_cascade",
            "bevfusion_det_mmdet3d1x_names")
 #: keyfiles without dtype/kind columns borrow them, by position, from this layout
@@ -155,7 +162,7 @@ INIT_SEED_OFFSET = 1000  # init_weights() default seed = layout_seed(name) + INI
 NUM_BATCHES_TRACKED = 1000
 
 #: files whose bytes differ between runs by design (not compared by the determinism test)
-NONDETERMINISTIC = ("mmengine/", "diff/runner_a.pth", "diff/runner_b.pth", "formats/dcp/.metadata")
+NONDETERMINISTIC = ("mmengine/", "kaist_mmdet/", "diff/runner_a.pth", "diff/runner_b.pth", "formats/dcp/.metadata")
 
 _SOURCES = ("tests/support/fixtures.py", "tests/support/toy_mmengine.py")
 
@@ -1121,6 +1128,14 @@ def source_hash() -> str:
 
 def _stamp_value(family: str, sentinel_dir=None) -> str:
     extra = f"sentinel={Path(sentinel_dir).resolve()}" if (family == "malicious" and sentinel_dir) else ""
+    if family in _FAMILY_SOURCES:  # the family's own sources and libraries
+        h = hashlib.sha256()
+        for p in sorted((REPO_ROOT / _FAMILY_SOURCES[family]).rglob("*.py")):
+            h.update(p.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + p.read_bytes())
+        h.update((REPO_ROOT / "fixtures" / "kaist" / "KAIST_annotation.json").read_bytes())
+        for dist in ("mmdet", "mmcv", "opencv-python"):
+            h.update(f"{dist}={_version(dist)}".encode())
+        extra = h.hexdigest()
     return f"{source_hash()} {family} {extra}".strip()
 
 
@@ -1168,13 +1183,14 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, sentinel_dir=None, log
 
     out_dir = Path(out_dir).resolve()
     only = list(only) if only else list(FAMILIES)
-    unknown = set(only) - set(FAMILIES)
+    unknown = set(only) - set(FAMILIES) - set(OPTIONAL_FAMILIES)
     if unknown:
-        raise ValueError(f"unknown families: {sorted(unknown)}; known: {FAMILIES}")
+        raise ValueError(f"unknown families: {sorted(unknown)}; known: {FAMILIES + OPTIONAL_FAMILIES}")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     writers = dict(mmengine=write_mmengine, layouts=write_layouts, formats=write_formats,
-                   malicious=lambda o: write_malicious(o, sentinel_dir=sentinel_dir), diff=write_diff)
+                   malicious=lambda o: write_malicious(o, sentinel_dir=sentinel_dir), diff=write_diff,
+                   kaist_mmdet=_write_kaist_mmdet)
     with _locked(out_dir):
         todo = only if force else stale_families(out_dir, only, sentinel_dir)
         for fam in todo:
@@ -1191,7 +1207,7 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, sentinel_dir=None, log
         if log and not todo:
             log("fixtures: up to date")
         combined = {}
-        for fam in FAMILIES:
+        for fam in FAMILIES + OPTIONAL_FAMILIES:
             p = out_dir / fam / "manifest.json"
             if p.exists():
                 combined[fam] = json.loads(p.read_text())
@@ -1200,6 +1216,17 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, sentinel_dir=None, log
         tmp.write_text(json.dumps(combined, indent=1) + "\n")
         os.replace(tmp, out_dir / "manifest.json")
     return combined
+
+
+def _write_kaist_mmdet(out_dir) -> dict:
+    # imported as the top-level package `kaist_twostream`, the name its configs' custom_imports use (mmengine's
+    # registries refuse a second registration under another module name)
+    support = str(REPO_ROOT / "tests" / "support")
+    if support not in sys.path:
+        sys.path.insert(0, support)
+    from kaist_twostream.fixture import write_kaist_mmdet
+
+    return write_kaist_mmdet(out_dir)
 
 
 def file_hashes(out_dir, include_nondeterministic=False) -> dict:

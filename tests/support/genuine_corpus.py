@@ -28,8 +28,14 @@ next to the family and builds the dict that library's code builds, with the same
   for its duration only, that availability check and that module's ``GradScaler`` name to torch's device-generic
   ``torch.amp.GradScaler('cpu')`` (the base class of the CUDA one, same ``state_dict`` keys), with bf16 autocast.
 
+The libraries live in their own environment, ``.venv-corpus`` (made by scripts/setup.sh: torch first, then
+``-c constraints.txt``): transformers installed beside mmaction2 makes mmaction import its multimodal models, which
+import timm, which imports torchvision. The main ``.venv`` never has them. :func:`ensure` runs the generator with
+that interpreter (``$CKPT_CORPUS_PYTHON`` overrides it) from any other.
+
 Deterministic: seeded models and data, fixed names; library-written timestamps differ between runs.
-Usage: ``python -m tests.support.genuine_corpus [--out DIR] [--only fam1,fam2]``; ``generate()`` from Python.
+Usage: ``.venv-corpus/bin/python -m tests.support.genuine_corpus [--out DIR] [--only fam1,fam2] [--force]``;
+``ensure()`` from Python (regenerates stale families only).
 """
 from __future__ import annotations
 
@@ -65,12 +71,26 @@ FAMILIES = {
     "transformers4": ("transformers", "huggingface-hub", "torch"),
     "accelerate": ("accelerate", "torch"),
     "timm": ("timm", "torch"),
+    "pickles": ("numpy", "torch"),
+    "numpy2_pickles": ("numpy",),
 }
 # Families run in a subprocess: timm (placeholder torchvision module, see the module docstring) and transformers 4,
 # whose pure-Python packages live in an overlay folder put first on sys.path (transformers 5 in .venv dropped
 # `save_pretrained(safe_serialization=False)`; scripts/setup.sh installs the overlay).
+# numpy2_pickles runs in the torch-free NumPy 2 environment scripts/setup.sh makes for tests/test_numpy2.py.
 TF4_OVERLAY = REPO_ROOT / ".venv-tf4"
-ISOLATED = {"timm": None, "transformers4": TF4_OVERLAY}
+CORPUS_VENV = REPO_ROOT / ".venv-corpus"
+ISOLATED = {"timm": None, "transformers4": TF4_OVERLAY, "numpy2_pickles": None}
+NP2_PYTHON = REPO_ROOT / ".venv-np2" / "bin" / "python"
+
+
+def _family_python(family: str) -> str:
+    if family == "numpy2_pickles":
+        exe = os.environ.get("CKPT_NP2_PYTHON") or str(NP2_PYTHON)
+        if not Path(exe).exists():
+            raise RuntimeError(f"{exe} does not exist: run scripts/setup.sh (it makes .venv-np2)")
+        return exe
+    return sys.executable
 
 
 def _version(dist: str, family: str = "") -> str:
@@ -106,10 +126,13 @@ def _seed(n=0):
     import random
 
     import numpy as np
-    import torch
 
     random.seed(n)
     np.random.seed(n)
+    try:
+        import torch
+    except ImportError:  # the NumPy 2 environment has no torch
+        return
     torch.manual_seed(n)
 
 
@@ -199,9 +222,13 @@ def write_torch_tensors(fam: _Family):
                     param_list=list(net.parameters())[:2], nested={"a": [1, 2.5, None, True, "s", b"by"]}), p)
     fam.add(p, "torch.save", "Parameters (requires_grad on/off), Size, device, dtype, views, expand, channels_last")
     p = fam.dir / "meta.pt"
-    torch.save({"w": torch.empty(4, 5, device="meta"), "b": torch.empty(5, dtype=torch.bfloat16, device="meta"),
-                "real": torch.ones(2)}, p)
-    fam.add(p, "torch.save", "meta tensors (no storage) next to a real one")
+    # a model built on the meta device (big-model init), one meta tensor of every dtype, next to a real tensor
+    with torch.device("meta"):
+        meta_net = _tiny_net()
+    meta = {f"net.{k}": v for k, v in meta_net.state_dict().items()}
+    meta.update({f"dtype.{n}": torch.empty(2, 4, dtype=getattr(torch, n), device="meta") for n in ALL_DTYPES})
+    torch.save({**meta, "w": torch.empty(4, 5, device="meta"), "real": torch.ones(2)}, p)
+    fam.add(p, "torch.save", "meta tensors (no storage) of every dtype and a meta-device model, next to a real one")
     p = fam.dir / "protocol4.pt"
     torch.save(net.state_dict(), p, pickle_protocol=4)
     fam.add(p, "torch.save(pickle_protocol=4)", "zip format, protocol 4 pickle (STACK_GLOBAL, MEMOIZE)")
@@ -227,10 +254,11 @@ def write_torch_quantized(fam: _Family):
         "per_channel_axis1": torch.quantize_per_channel(x, torch.linspace(0.01, 0.06, 6, dtype=torch.double),
                                                         torch.zeros(6, dtype=torch.long), 1, torch.quint8),
         "quint4x2": torch.quantize_per_tensor(x, 0.3, 2, torch.quint4x2),
+        "quint2x4": torch.quantize_per_tensor(x, 0.6, 1, torch.quint2x4),
     }
     p = fam.dir / "qtensors.pt"
     torch.save(out, p)
-    fam.add(p, "torch.save", "per-tensor quint8/qint8/qint32/quint4x2, per-channel qint8/quint8")
+    fam.add(p, "torch.save", "per-tensor quint8/qint8/qint32/quint4x2/quint2x4, per-channel qint8/quint8")
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
     torch.manual_seed(0)
     qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -751,6 +779,56 @@ def write_transformers4(fam: _Family):
     write_transformers(fam)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# plain pickles: what mmengine.fileio.dump / mmaction2 --dump write (results with numpy arrays and torch tensors)
+# ------------------------------------------------------------------------------------------------------------
+def _results(with_torch: bool):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(3):
+        r = {"pred_score": rng.random(5, dtype=np.float32), "pred_label": np.int64(i % 5),
+             "gt_label": np.array([i], dtype=np.int64), "keep": np.array([True, False]), "score": np.float64(0.5 + i),
+             "img_shape": (8, 8), "dtype": np.dtype("float16"), "half": rng.random((2, 2)).astype(np.float16),
+             "big": np.arange(4, dtype=np.uint64) << np.uint64(40), "name": f"clip_{i}"}
+        if with_torch:
+            import torch
+
+            r["pred_score_t"] = torch.from_numpy(r["pred_score"].copy())
+            r["bf16"] = torch.ones(3, dtype=torch.bfloat16) * i
+        out.append(r)
+    return out
+
+
+def _write_pickles(fam: _Family, with_torch: bool, writer: str):
+    import pickle
+
+    results = _results(with_torch)
+    for proto in (2, 4, 5):
+        p = fam.dir / f"results_protocol{proto}.pkl"
+        with open(p, "wb") as f:
+            pickle.dump(results, f, protocol=proto)  # mmengine.fileio.dump(obj, 'x.pkl') does pickle.dump(protocol=2)
+        # NumPy 2's protocol-5 pickles name numpy._core.numeric._frombuffer, which NumPy 1.26 (torch's environment
+        # here) does not have: torch cannot be the reference for that one file
+        extra = {} if with_torch or proto < 5 else {"torch_reference": False}
+        fam.add(p, f"{writer} pickle.dump(protocol={proto})",
+                "mmaction2 --dump style results: numpy arrays/scalars/dtype" + (", torch tensors" if with_torch else ""),
+                **extra)
+
+
+def write_pickles(fam: _Family):
+    _write_pickles(fam, True, "numpy 1.26 + torch:")
+
+
+def write_numpy2_pickles(fam: _Family):
+    import numpy as np
+
+    if not np.__version__.startswith("2."):
+        raise RuntimeError(f"numpy2_pickles needs NumPy 2 (got {np.__version__}); run it with .venv-np2")
+    _write_pickles(fam, False, "numpy 2:")
+
+
 WRITERS = {name: globals()[f"write_{name}"] for name in FAMILIES}
 
 
@@ -812,12 +890,40 @@ def generate(out_dir=DEFAULT_OUT, only=None, force=False, log=None) -> list:
     for fam_name in (f for f in todo if f in ISOLATED):
         path = [str(ISOLATED[fam_name])] if ISOLATED[fam_name] else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path + [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run([sys.executable, "-m", "tests.support.genuine_corpus", "--out", str(out_dir),
+        proc = subprocess.run([_family_python(fam_name), "-m", "tests.support.genuine_corpus", "--out", str(out_dir),
                                "--only", fam_name, "--force", "--in-process"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"genuine corpus family {fam_name} failed:\n{proc.stdout}\n{proc.stderr}")
         log(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else fam_name)
+    return load_manifest(out_dir)
+
+
+def corpus_python() -> str:
+    """The interpreter that has the corpus libraries (``$CKPT_CORPUS_PYTHON``, else ``.venv-corpus``)."""
+    exe = os.environ.get("CKPT_CORPUS_PYTHON") or str(CORPUS_VENV / "bin" / "python")
+    if not Path(exe).exists():
+        raise RuntimeError(f"{exe} does not exist: run scripts/setup.sh (it makes .venv-corpus)")
+    return exe
+
+
+def corpus_env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+                PYTHONDONTWRITEBYTECODE="1")
+
+
+def ensure(out_dir=DEFAULT_OUT, only=None, force=False) -> list:
+    """Generate the stale (all, with ``force``) families with the corpus interpreter; return the manifest."""
+    cmd = [corpus_python(), "-m", "tests.support.genuine_corpus", "--out", str(Path(out_dir).resolve())]
+    if only:
+        cmd += ["--only", ",".join(only)]
+    if force:
+        cmd.append("--force")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=corpus_env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode:
+        raise RuntimeError(f"genuine corpus generation failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr[-6000:]}")
     return load_manifest(out_dir)
 
 
@@ -839,7 +945,12 @@ def main(argv=None):
         for fam_name in only:
             _run_family(Path(a.out).resolve(), fam_name, lambda m: print(m, file=sys.stderr))
         return 0
-    entries = generate(a.out, only, a.force)
+    import fcntl
+
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(a.out) / ".lock", "w") as lock:  # two test runs at once: one generates, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = generate(a.out, only, a.force)
     print(f"{len(entries)} files in {a.out}", file=sys.stderr)
     return 0
 

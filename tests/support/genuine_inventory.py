@@ -9,7 +9,9 @@ Protocol < 3 ``GLOBAL`` names are resolved as the C unpickler resolves them (``_
 files, the five pickles of a legacy torch file, plain pickle files, DCP ``.metadata`` and the ``torch.save`` buffers
 stored inside ``.distcp`` files, and legacy files nested through ``torch.storage._load_from_bytes``.
 
-``python -m tests.support.genuine_inventory [--out DIR] [--markdown FILE]`` prints / writes the inventory.
+``.venv-corpus/bin/python -m tests.support.genuine_inventory [--out DIR] [--markdown FILE] [--ckpt]`` prints / writes
+the inventory (``--ckpt``: also what ``ckpt inspect`` says and what torch reads; torch.load of library classes needs
+the corpus interpreter).
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ def pickle_uses(data: bytes, start: int = 0, where: str = "", out=None):
                 for a in args[1]:
                     if isinstance(a, tuple) and a[0] == "b":
                         legacy_uses(bytes(a[1]), f"{where} > _load_from_bytes", uses)
+            if made == "_codecs.encode" and isinstance(args, tuple) and args[0] == "t" and args[1] \
+                    and isinstance(args[1][0], tuple) and args[1][0][0] == "s":  # protocol 2's bytes
+                stack.append(("b", args[1][0][1].encode("latin-1", "replace")))
+                continue
             stack.append(_O(made) if made else None)
         elif n == "NEWOBJ":
             args, cls = stack.pop(), stack.pop()
@@ -352,8 +358,13 @@ def ckpt_report(entries, root: Path) -> list:
             from ckpttool.io import load
             from ckpttool.io.tensor import TensorRef
 
+            try:
+                from ckpttool.io.tensor import SpecialTensor
+                kinds = (TensorRef, SpecialTensor)
+            except ImportError:  # readers before issue 11
+                kinds = (TensorRef,)
             refs = []
-            _walk_refs(load(str(path)).root, refs, TensorRef, set())
+            _walk_refs(load(str(path)).root, refs, kinds, set())
             row["ckpt_all_tensors"] = len(refs)
             row["ckpt_all_dtypes"] = sorted({t.dtype for t in refs})
         except Exception as exc:  # noqa: BLE001
@@ -362,7 +373,12 @@ def ckpt_report(entries, root: Path) -> list:
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    obj = torch.load(path, map_location="cpu", weights_only=False)
+                    if path.suffix == ".pkl" and path.read_bytes()[:4] != b"PK\x03\x04":  # a plain pickle
+                        import pickle
+
+                        obj = pickle.loads(path.read_bytes())
+                    else:
+                        obj = torch.load(path, map_location="cpu", weights_only=False)
                 ts = _torch_tensors(obj, [])
                 row["torch_tensors"] = len(ts)
                 row["torch_dtypes"] = sorted({t[0] for t in ts})

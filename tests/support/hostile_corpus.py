@@ -639,9 +639,36 @@ def gen_nested_load_from_bytes_deep(p, name):
     p.write_bytes(pk(CALL(G("torch.storage", "_load_from_bytes"), B(inner))))
 
 
+@case("1", "pickle", "code", "NEWOBJ_EX numpy.memmap (the protocol-4 spelling of instantiate, kwargs)")
+def gen_gadget_newobj_ex_numpy_memmap(p, name):
+    args = T(L(SENT + name), L("uint8"), L("w+"), L(0), L((1,)))
+    p.write_bytes(pk(G("numpy", "memmap") + args + b"}" + b"\x92", 4))
+
+
+@case("1", "pickle", "unsafe", "NEWOBJ mmap.mmap(-1, 2**40): a stdlib class whose __new__ maps 1 TiB")
+def gen_gadget_newobj_mmap_huge(p, name):
+    p.write_bytes(pk(G("mmap", "mmap") + T(L(-1), L(1 << 40)) + b"\x81"))
+
+
+@case("1", "pickle", "unsafe", "NEWOBJ torch.storage.UntypedStorage(2**36): a torch class whose __new__ allocates")
+def gen_gadget_newobj_untyped_storage_huge(p, name):
+    p.write_bytes(pk(G("torch.storage", "UntypedStorage") + T(L(1 << 36)) + b"\x81"))
+
+
+@case("1", "pickle", "code", "INST opcode (protocol 0 'i'): os.system called by INST, no REDUCE anywhere")
+def gen_gadget_inst_os_system(p, name):
+    p.write_bytes(b"(" + L(sh(name)) + b"ios\nsystem\n.")
+
+
+@case("1", "pickle", "code", "OBJ opcode ('o'): MARK, os.system, args, OBJ")
+def gen_gadget_obj_os_system(p, name):
+    p.write_bytes(pk(b"(" + G("os", "system") + L(sh(name)) + b"o"))
+
+
 # Every class-1 pickle gadget again, as the meta of a real torch zip next to real tensors: a command that refuses a
 # bare gadget pickle only because it "holds no tensors" would accept these.
-_NOT_WRAPPED = {"gadget_compat_proto0_cstringio", "gadget_compat_proto3_no_remap", "legacy_header_magic_payload"}
+_NOT_WRAPPED = {"gadget_compat_proto0_cstringio", "gadget_compat_proto3_no_remap", "legacy_header_magic_payload",
+                "gadget_inst_os_system"}
 
 
 def _wrapped(inner_fn):
@@ -1077,6 +1104,53 @@ def gen_hf_bin_sharded_missing(p, name):
     _hf_bin_folder(p, missing=True)
 
 
+@case("4", "legacy", "bounded", "legacy file listing storage '0' twice with two data blocks (torch keeps the second)")
+def gen_legacy_duplicate_storage_key(p, name):
+    obj = pk(DICT((L("state_dict"), CALL(G("collections", "OrderedDict")) + b"(" + L("w")
+                   + legacy_tensor("0", 4, (4,), (1,)) + b"u")))
+    p.write_bytes(legacy_file(obj, [("0", floats(1, 2, 3, 4), 4), ("0", floats(5, 6, 7, 8), 4)]))
+
+
+@case("4", "sharded", "data", "a Hugging Face hub cache snapshot: the shards are symlinks into ../../blobs/", tensors=5,
+      target="snapshots/0123abc")
+def gen_hf_bin_cache_symlinks(p, name):
+    snap = p / "snapshots" / "0123abc"
+    _hf_bin_folder(snap)
+    blobs = p / "blobs"
+    blobs.mkdir()
+    for f in sorted(snap.iterdir()):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        f.rename(blobs / digest)
+        f.symlink_to(Path("..", "..", "blobs", digest))
+
+
+@case("4", "sharded", "unsafe", "a .bin index whose weight_map names an absolute path (/etc/hostname)")
+def gen_hf_bin_sharded_absolute(p, name):
+    _hf_bin_folder(p)
+    index = p / "pytorch_model.bin.index.json"
+    doc = json.loads(index.read_text())
+    first = next(iter(doc["weight_map"]))
+    doc["weight_map"][first] = "/etc/hostname"
+    index.write_text(json.dumps(doc, indent=2))
+
+
+@case("3", "workdir", "bounded", "vis_data/scalars.json with a line nested 100,000 arrays deep")
+def gen_runs_scalars_deep_json(p, name):
+    _workdir(p, "")
+    vis = p / "20260101_000000" / "vis_data"
+    vis.mkdir()
+    (vis / "scalars.json").write_text('{"epoch": 1, "acc/top1": 0.5, "step": 1}\n'
+                                      + '{"x": ' + "[" * 100_000 + "]" * 100_000 + ', "step": 2}\n')
+
+
+@case("3", "workdir", "bounded", "vis_data/scalars.json of 200,000 lines (each a new metric name)")
+def gen_runs_scalars_many_metrics(p, name):
+    _workdir(p, "")
+    vis = p / "20260101_000000" / "vis_data"
+    vis.mkdir()
+    (vis / "scalars.json").write_text("".join(f'{{"m{i}": 0.5, "epoch": 1, "step": {i}}}\n' for i in range(200_000)))
+
+
 # ===============================================================================================================
 # 6. safetensors: validated as the safetensors library validates
 # ===============================================================================================================
@@ -1162,6 +1236,19 @@ def gen_st_valid_control(p, name):
 @case("6", "safetensors", "unsafe", "a header that is not UTF-8")
 def gen_st_header_not_utf8(p, name):
     p.write_bytes(st_file(b'{"a\xff":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', floats(*range(4))))
+
+
+@case("6", "safetensors", "unsafe", "valid JSON followed by garbage inside the header length")
+def gen_st_header_trailing_garbage(p, name):
+    h = json.dumps(_st_two(), separators=(",", ":")).encode() + b"}garbage"
+    p.write_bytes(st_file(h, floats(*range(8))))
+
+
+@case("6", "safetensors", "bounded", "20,000 zero-size tensors in one header (1 MB of JSON)")
+def gen_st_many_empty_tensors(p, name):
+    h = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(20_000)}
+    h["a"] = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    p.write_bytes(st_file(h, floats(1, 2)))
 
 
 # ---- templates (not cases): what diff/graft/average pair the hostile file with ----------------------------------

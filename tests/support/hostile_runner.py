@@ -345,13 +345,13 @@ def summary_line(info: dict, results: dict[str, dict]) -> str:
     return "; ".join(bits)
 
 
-def run_corpus(only=None, workers=2, keep=False):
-    manifest = hc.generate()
+def run_corpus(only=None, workers=2, keep=False, out: Path = hc.DEFAULT_OUT):
+    manifest = hc.generate(out)
     for name, info in manifest["cases"].items():
         info["name"] = name
     work = Path(tempfile.mkdtemp(prefix="hostile-run-"))
     try:
-        jobs = build_jobs(manifest, hc.DEFAULT_OUT, work, only)
+        jobs = build_jobs(manifest, Path(out), work, only)
         t0 = time.monotonic()
         results = run_jobs(jobs, work, workers)
         took = time.monotonic() - t0
@@ -403,9 +403,10 @@ if __name__ == "__main__":
     ap.add_argument("--only")
     ap.add_argument("--findings")
     ap.add_argument("--head", default="")
+    ap.add_argument("--out", default=str(hc.DEFAULT_OUT), help="corpus folder (generated there if stale)")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    manifest, results, took = run_corpus(only)
+    manifest, results, took = run_corpus(only, out=Path(args.out))
     if only:
         manifest["cases"] = {k: v for k, v in manifest["cases"].items() if k in only}
     md = findings_markdown(manifest, results, took, args.head or "this worktree")
