@@ -54,3 +54,16 @@ def _tensor(t, depth, kw):
         except Exception:
             pass
     return f"tensor({t.dtype}, {list(t.shape)})"
+
+
+def json_objects(lines):
+    """The JSON objects among ``lines`` (JSON-lines files, a command's output), in order; other lines are skipped."""
+    import json
+
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            yield obj

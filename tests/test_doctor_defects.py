@@ -49,14 +49,13 @@ def test_gate_matches_rows_by_name_not_file_name(tmp_path):
     assert code == 0, err
 
 
-def test_two_preds_with_one_base_name_must_be_named(tmp_path):
+def test_two_preds_with_one_base_name_get_distinct_row_names(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     shutil.copy(DEMO / "joint.pkl", tmp_path / "a" / "joint.pkl")
     shutil.copy(DEMO / "bone.pkl", tmp_path / "b" / "joint.pkl")
-    code, out, err = invoke("eval", "--task", "ntu60", "--preds", tmp_path / "a" / "joint.pkl",
-                            tmp_path / "b" / "joint.pkl")
-    assert code == 2 and out == "" and "both named 'joint'" in err and len(err.strip().splitlines()) == 1
+    r = eval_json("--preds", tmp_path / "a" / "joint.pkl", tmp_path / "b" / "joint.pkl")
+    assert [row["name"] for row in r["rows"]][:2] == ["joint", "joint#2"]
     r = eval_json("--preds", f"j={tmp_path / 'a' / 'joint.pkl'}", f"b={tmp_path / 'b' / 'joint.pkl'}")
     assert [row["name"] for row in r["rows"]][:2] == ["j", "b"]
 

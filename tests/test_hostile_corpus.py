@@ -46,9 +46,11 @@ def test_gadgets_really_run_under_torch_load(manifest):
     assert len(ran) >= 40, sorted(set(cls1) - ran)
     for must in ("gadget_pydoc_pipepager", "gadget_typing_eval_type", "gadget_uuid_command_stdout",
                  "gadget_compat_cstringio_open", "gadget_getattr_torch_serialization_os",
-                 "gadget_stack_global_pathlib_os_system", "nested_load_from_bytes_legacy", "torchscript_setstate",
+                 "gadget_stack_global_pathlib_os_system", "nested_load_from_bytes_legacy",
                  "zip_duplicate_datapkl_first_payload", "gadget_newobj_numpy_memmap"):
         assert must in ran, must
+    # torchscript_setstate's payload prints from TorchScript (C++ stdout, buffered): whether the child's capture sees
+    # it depends on how that process ends, so it is ground truth only when seen; its verdict is checked either way
     assert not any(c["torch"]["weights_only_payload_ran"] for c in manifest["cases"].values() if c["torch"])
 
 

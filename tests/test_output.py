@@ -12,6 +12,7 @@ from ckpttool.report.output import Cell, Table, human_bytes, pct, render_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINT = str(ROOT / "fixtures" / "mmaction2-fuse-demo" / "joint.pkl")
+BONE = str(ROOT / "fixtures" / "mmaction2-fuse-demo" / "bone.pkl")
 
 
 def _table():
@@ -47,11 +48,11 @@ def test_any_tabulate_format_name_is_accepted_by_the_cli():
 
 
 def test_multi_value_options_without_click_internals(tmp_path):
-    res = CliRunner().invoke(cli, ["eval", "--task", "ntu60", "--preds", JOINT, JOINT, "--coefficients", "1", "2",
+    res = CliRunner().invoke(cli, ["eval", "--task", "ntu60", "--preds", JOINT, BONE, "--coefficients", "1", "2",
                                    "--format", "json"])
     assert res.exit_code == 0, res.output
     import json
 
-    assert [r["name"] for r in json.loads(res.stdout)["rows"]][-1].startswith("ensemble(1*")
+    assert [r["name"] for r in json.loads(res.stdout)["rows"]][-1].startswith("ensemble(1*joint + 2*bone")
     res = CliRunner().invoke(cli, ["eval", "--task", "ntu60", "--preds", JOINT, "--clips", "1,,3"])
     assert res.exit_code == 2 and "--clips" in res.stderr

@@ -172,8 +172,8 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
         if multi_run:
             cells.append(_run_label(row["run"]))
         cells += [_marked(value(row["metrics"].get(n), r["metrics"][n]["percent"]), _marks(row, n, grouped))
-              for n in names]
-        cells += [fmt_num(row["train"].get(k), 3 if k != "lr" else 4) for k in train]
+                  for n in names]
+        cells += [Cell(row["train"].get(k), lambda x, d=3 if k != "lr" else 4: fmt_num(x, d)) for k in train]
         cells.append("; ".join(flags))
         rows.append(cells)
     notes = [f"metrics from {_sources(r['sources'])}" if r["sources"] else "no validation metrics logged"]
@@ -200,11 +200,9 @@ def tables(r: dict, names: list[str] | None = None) -> list[Table]:
     return out
 
 
-def _marked(cell, marks: str):
-    """The metric's cell with its best / collapse marks in the text formats (CSV keeps the raw number)."""
-    from ckpttool.report.output import Cell
-
-    return cell if not marks else Cell(cell.raw, lambda x, f=cell.fmt: f(x) + marks)
+def _marked(cell: Cell, mark: str) -> Cell:
+    """The same raw value (CSV), shown with its best/collapse mark."""
+    return cell if not mark or cell.raw is None else Cell(cell.raw, lambda x, f=cell.fmt: f(x) + mark)
 
 
 def _marks(row: dict, name: str, grouped: bool) -> str:

@@ -39,13 +39,11 @@ def _e(name, uses, why, torch=False, aliases=(), attributes=None):
 
 _TORCH_DTYPES = ("float32 float64 float16 bfloat16 int64 int32 int16 int8 uint8 bool complex64 complex128 "
                  "complex32 uint16 uint32 uint64 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz "
-                 "float8_e8m0fnu float4_e2m1fn_x2 bits1x8 bits2x4 bits4x2 bits8 bits16 qint8 quint8 qint32 "
-                 "quint4x2 quint2x4").split()
+                 "float8_e8m0fnu float4_e2m1fn_x2 bits1x8 bits2x4 bits4x2 bits8 bits16 qint8").split()
 _TORCH_STORAGES = ("FloatStorage DoubleStorage HalfStorage BFloat16Storage LongStorage IntStorage ShortStorage "
                    "CharStorage ByteStorage BoolStorage ComplexFloatStorage ComplexDoubleStorage QInt8Storage "
                    "QUInt8Storage QInt32Storage QUInt4x2Storage QUInt2x4Storage").split()
 _REBUILD = {
-    "_rebuild_tensor": "(storage, offset, size, stride): a strided view, checked to lie inside its storage",
     "_rebuild_tensor_v2": "(storage, offset, size, stride, requires_grad, empty hooks[, metadata])",
     "_rebuild_tensor_v3": "(UntypedStorage, offset, size, stride, requires_grad, empty hooks, dtype[, metadata])",
     "_rebuild_parameter": "(tensor, requires_grad, empty hooks)",
@@ -62,8 +60,6 @@ ENTRIES = [
     _e("torch.device", "call", "('cpu' | 'cuda'[, index]): a device name string", torch=True),
     _e("torch.serialization._get_layout", "call", "('torch.sparse_coo' …): a layout name", torch=True),
     _e("torch.Tensor", "reference", "the tensor class, as _rebuild_from_type_v2's type", torch=True),
-    _e("torch.nn.parameter.Parameter", "reference", "the parameter class, as _rebuild_from_type_v2's type",
-       torch=True),
     _e("torch._tensor._rebuild_from_type_v2", "call",
        "(allow-listed rebuild function, tensor class, args, plain state)", torch=True),
     _e("torch.storage.UntypedStorage", "reference", "storage class named in a persistent id (bytes)", torch=True),

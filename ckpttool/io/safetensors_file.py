@@ -124,7 +124,7 @@ def _shard_path(root: str, shard) -> str:
     The name is what is checked, not where a symlink leads (a hub cache links shards into ../../blobs/)."""
     if not isinstance(shard, str) or not shard or os.path.isabs(shard) or "\x00" in shard \
             or ".." in shard.replace("\\", "/").split("/"):
-        raise FormatError(f"sharded checkpoint index names an invalid shard {str(shard)[:80]!r} (it must be a "
+        raise FormatError(f"sharded checkpoint index shard {str(shard)[:80]!r} escapes its directory (it must be a "
                           "relative name inside the index's folder)")
     full = os.path.join(root, shard)
     if not os.path.isfile(full):

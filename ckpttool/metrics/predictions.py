@@ -43,8 +43,8 @@ def _name(path):
 
 
 def named_paths(preds) -> tuple[list[str], list[str]]:
-    """`--preds NAME=PATH` or `PATH` (named by its file stem): (names, paths). Two files with one stem must be
-    named, so that a gate can match rows by name whatever the files are called."""
+    """`--preds NAME=PATH` or `PATH` (named by its file stem; a repeated stem gets `#2`, `#3`): (names, paths).
+    Rows carry these names, so that a gate matches rows by name whatever the files are called."""
     names, paths = [], []
     for item in preds:
         item = os.fspath(item)
@@ -53,10 +53,11 @@ def named_paths(preds) -> tuple[list[str], list[str]]:
             name, path = os.path.splitext(os.path.basename(item))[0], item
         names.append(name)
         paths.append(path)
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise FormatError(f"two --preds files are both named {dup[0]!r}; name the rows: --preds "
-                          f"{dup[0]}_a=PATH {dup[0]}_b=PATH")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):   # one stem twice: the second row is `joint#2` (name rows with NAME=PATH)
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}#{seen[n]}"
     return names, paths
 
 

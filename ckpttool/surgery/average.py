@@ -25,6 +25,7 @@ CHUNK = 1 << 16  # elements per accumulation chunk: 512 KiB of float64, accumula
                  # (thread CPU time of 8 x 145 MB: 64K 0.21-0.24 s, 16K 0.29-0.30 s, 256K 0.30-0.35 s)
 PROGRESS_BYTES = 64 << 20  # a progress bar (stderr, TTY only) from this output size on
 PREFETCH_BYTES = 16 << 20  # tensors computed ahead of the writer (a bigger tensor still goes alone)
+PREFETCH_TENSORS = 64  # at most this many tensors computed ahead (zero-size ones weigh nothing)
 INT_RULES = ("last", "max", "first", "error")
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 INDEX_RE = re.compile(r"(index|indices|_idx$|^idx)", re.I)           # lookup tables: must agree
@@ -378,14 +379,17 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
     def piped(pool):
         pending, todo = deque(), deque(outs)
         large = sum(_nbytes(o) for o in outs) >= PROGRESS_BYTES
+        queued = 0  # bytes in `pending`, kept as a running sum (the queue is also capped in tensors)
         with progress(outs, length=len(outs), label="averaging") if large else nullcontext(outs) as bar:
             ticks = iter(bar)
             while todo or pending:
-                while todo and (not pending or sum(_nbytes(o) for o, _ in pending) + _nbytes(todo[0])
-                                <= PREFETCH_BYTES):
+                while todo and len(pending) < PREFETCH_TENSORS and (
+                        not pending or queued + _nbytes(todo[0]) <= PREFETCH_BYTES):
                     o = todo.popleft()
+                    queued += _nbytes(o)
                     pending.append((o, pool.submit(compute, o[0])))
                 (k, dt, shape), fut = pending.popleft()
+                queued -= _nbytes((k, dt, shape))
                 data, crc = fut.result()
                 next(ticks, None)
                 yield k, OutTensor(dt, shape, _Once(data), crc)  # the writer keeps its OutTensors: drop the bytes

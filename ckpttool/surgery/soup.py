@@ -34,16 +34,10 @@ def _last_json(text: str):
         return obj if isinstance(obj, dict) else None
     except ValueError:
         pass
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    return None
+    from ckpttool.plain import json_objects
+
+    lines = (line for line in reversed(text.strip().splitlines()) if line.strip().startswith("{"))
+    return next(json_objects(lines), None)
 
 
 def _lookup(obj: dict, metric: str):

@@ -17,9 +17,7 @@ stored in the checkpoint) are read too.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import glob
-import json
 import math
 import os
 import re
@@ -36,7 +34,8 @@ STREAM_RE = re.compile(r"^(?:(?P<prefix>[^/]+)/)?(?P<stream>[^/]+?)_(?P<kind>top
 TRAIN_KEYS = ("lr", "loss", "grad_norm")
 SPIKE = 2.0               # an epoch's max loss above SPIKE x the previous epoch's mean loss
 MIN_POINTS = 0.05         # a fraction-logged accuracy must drop by 5 points to be a collapse (10% -> 7% is noise)
-VAL_RE = re.compile(r"\b(Epoch|Iter)\(val\)\s*(?:\[\s*(\d+)\])?\s*\[\s*\d+/\s*\d+\]\s+(.*)$")
+# one \s* before each bracket, never two in a row: `Epoch(val)` + 100k spaces must not backtrack quadratically
+VAL_RE = re.compile(r"\b(Epoch|Iter)\(val\)\s*(?:\[\s*(\d+)\]\s*)?\[\s*\d+/\s*\d+\]\s+(.*)$")
 TRAIN_RE = re.compile(r"\b(Epoch|Iter)\(train\)\s*\[\s*(\d+)\s*[\]/]")
 NOT_METRICS = {"eta", "time", "data_time", "memory", "lr", "loss", "step", "epoch", "iter"}
 MIN_RE = re.compile(r"loss|error|(^|[/_])(err|mr|eer|fpr|wer|cer|miss)([/_]|$)", re.I)
@@ -85,21 +84,24 @@ def parse_train_text(text: str) -> list[dict]:
     return out
 
 
+def _json_records(path: str):
+    """The JSON objects of a JSON-lines file (an mmengine `scalars.json`); other lines are skipped."""
+    from ckpttool.plain import json_objects
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        yield from json_objects(f)
+
+
 def parse_train_scalars(path: str) -> list[dict]:
     """Training lines of a `scalars.json` (exact floats; NaN/Infinity as json writes them)."""
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "lr" in rec:
-                row = {k: float(rec[k]) for k in TRAIN_KEYS if isinstance(rec.get(k), (int, float))}
-                for k in ("epoch", "iter"):
-                    if isinstance(rec.get(k), int):
-                        row[k] = rec[k]
-                out.append(row)
+    for rec in _json_records(path):
+        if "lr" in rec:
+            row = {k: float(rec[k]) for k in TRAIN_KEYS if isinstance(rec.get(k), (int, float))}
+            for k in ("epoch", "iter"):
+                if isinstance(rec.get(k), int):
+                    row[k] = rec[k]
+            out.append(row)
     return out
 
 
@@ -148,21 +150,14 @@ def parse_scalars(path: str) -> tuple[str | None, dict]:
     """Validation lines of an mmengine `scalars.json` (one JSON object per line)."""
     evals: dict[int, dict] = {}
     unit = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            if "lr" in rec or "epoch" in rec or "iter" in rec:
-                unit = unit or ("epoch" if "epoch" in rec else "iter")
-                continue
-            metrics = {k: float(v) for k, v in rec.items()
-                       if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if metrics and isinstance(rec.get("step"), int):
-                evals.setdefault(rec["step"], {}).update(metrics)
+    for rec in _json_records(path):
+        if "lr" in rec or "epoch" in rec or "iter" in rec:
+            unit = unit or ("epoch" if "epoch" in rec else "iter")
+            continue
+        metrics = {k: float(v) for k, v in rec.items()
+                   if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if metrics and isinstance(rec.get("step"), int):
+            evals.setdefault(rec["step"], {}).update(metrics)
     return unit, evals
 
 
