@@ -192,3 +192,12 @@ def test_library_result_and_name():
     assert default_name("work_dirs/x/depth.pth", "ab" * 32) == "depth-abababab.pth"   # not rstrip('.pth')
     with pytest.raises(Exception):
         publish("/nonexistent.pth")
+
+
+def test_publishing_twice_refuses_the_existing_hash_name_and_leaves_no_scratch(runs, tmp_path):
+    first = ok(run(runs["sgd"]["abs"], "--format", "json", cwd=tmp_path))
+    res = run(runs["sgd"]["abs"], cwd=tmp_path)                       # same bytes -> same name
+    assert res.exit_code == 2 and "exists" in res.stderr and res.stderr.count("\n") == 1
+    assert os.listdir(tmp_path) == [os.path.basename(first["output"]["path"])]   # no hidden scratch file left
+    again = ok(run(runs["sgd"]["abs"], "--force", "--format", "json", cwd=tmp_path))
+    assert again["output"]["sha256"] == first["output"]["sha256"]     # deterministic output
