@@ -36,6 +36,9 @@ def rule_option(name, metavar, help_):
                    "overlapping block (slice).")
 @click.option("--inflate", is_flag=True, default=None, help="Inflate 2D conv kernels into 3D ones (I3D).")
 @click.option("--section", metavar="NAME", help="Source section holding the weights (e.g. ema_state_dict).")
+@click.option("--build", type=click.Choice(["auto", "meta", "cpu"]), default="auto", show_default=True,
+              help="Config targets: build with parameters on meta and make real only what receives no weights "
+                   "(auto falls back to the CPU with a note), or build all on the CPU.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the target's initialisation.")
 @click.option("--depth", type=click.IntRange(1, 32), help="Module depth of the report (default: the parts).")
 @click.option("--keys", is_flag=True, help="One row per target tensor.")
@@ -43,7 +46,7 @@ def rule_option(name, metavar, help_):
 @click.option("--fail-on", metavar="LIST", help="Exit 1 when any of new,mismatched,unused is not covered by a rule.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 @output_options
-def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, section, seed, depth, keys, dry_run,
+def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, section, build, seed, depth, keys, dry_run,
               fail_on, force, fmt, **_rule_values):
     """Load SOURCE into the architecture TARGET by explicit rules; report what was loaded, what is new (and how
     it starts), what mismatched and what was left unused; write OUT and prove it loads strictly into TARGET
@@ -58,7 +61,7 @@ def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, sectio
     rules = click.get_current_context().meta.get(ORDER_KEY, [])
     _, result = run(src, target, rules, cfg_options=list(cfg_options) or None, on_shape_mismatch=policy,
                     inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
-                    dry_run=dry_run, fail_on=checks)
+                    dry_run=dry_run, fail_on=checks, build=build)
     warn_unmatched(result)
     finish(result, tables(result), fmt, failed=result["failed"])
 

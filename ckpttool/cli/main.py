@@ -14,6 +14,7 @@ COMMANDS = {
     "diff": "ckpttool.cli.diff_cmd:diff_cmd",
     "graft": "ckpttool.cli.graft_cmd:graft_cmd",
     "average": "ckpttool.cli.average_cmd:average_cmd",
+    "publish": "ckpttool.cli.publish_cmd:publish_cmd",
     "runs": "ckpttool.cli.runs_cmd:runs_cmd",
     "eval": "ckpttool.cli.eval_cmd:eval_cmd",
 }

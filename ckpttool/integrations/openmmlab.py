@@ -244,9 +244,9 @@ def resolve_device(device: str | None = None) -> str:
     raise CkptError(f"--device {device!r}: expected cpu, cuda or cuda:N")
 
 
-def build_model(cfg, device: str = "cpu"):
-    """Build ``cfg.model`` through the registry of ``cfg.default_scope``, call ``init_weights()``, move to
-    ``device`` and return it in eval mode."""
+def build_model(cfg, device: str | None = "cpu", init: bool = True):
+    """Build ``cfg.model`` through the registry of ``cfg.default_scope``, call ``init_weights()`` (unless not
+    ``init``), move to ``device`` (unless None) and return it in eval mode."""
     from mmengine.registry import MODELS
 
     if "model" not in cfg:
@@ -258,8 +258,10 @@ def build_model(cfg, device: str = "cpu"):
         raise
     except Exception as exc:
         raise CkptError(f"cannot build the model of the config: {type(exc).__name__}: {exc}") from exc
-    init_weights(model)
-    model.to(device)
+    if init:
+        init_weights(model)
+    if device is not None:
+        model.to(device)
     model.eval()
     return model
 

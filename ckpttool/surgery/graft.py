@@ -324,7 +324,8 @@ def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, ta
 
 # --- the whole run --------------------------------------------------------------------------------------------
 def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
-        seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=(), progress=None):
+        seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=(), progress=None,
+        build="auto"):
     """Everything the CLI does. Returns (values, report); values are lazy (TensorRef for loaded tensors), None
     when nothing was applied (dry run, or a `fail_on` check failed: then report["failed"] says why).
     `progress`: bars of the bytes read (hashing the sources), written and verified (ckpttool.report.progress)."""
@@ -342,13 +343,17 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
     if out is not None and not dry_run:
         check_output(out, inputs, force)
     log(f"graft: building the target {target if isinstance(target, (str, os.PathLike)) else type(target).__name__}")
-    tgt = resolve_target(target, cfg_options, seed)
+    tgt = resolve_target(target, cfg_options, seed, build=build)
     src = source_tensors(sources)
     plan = R.make_plan({k: (t.shape, t.dtype) for k, t in src.items()}, tgt.entries, rule_list, policy, inflate)
     report = build_report(plan, sources, tgt, depth, keys, progress)
     report.update(dry_run=bool(dry_run), output=None, failed=failures(report, fail_on))
     if dry_run or report["failed"]:
         return None, report
+    if hasattr(tgt, "materialise"):  # a target built on meta: only what the plan initialises becomes real
+        tgt.materialise([e.key for e in plan.entries if e.action not in ("copy", "inflate")])
+        report["target"] = tgt.describe()
+    report["notes"].extend(getattr(tgt, "notes", []))
     values = apply(plan, src, tgt)
     if out is None:
         report["verified"] = verify(values, plan, src, tgt)
@@ -372,7 +377,7 @@ def failures(report: dict, checks) -> str | None:
 
 
 def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
-          seed=0, depth=None, keys=False, out=None, force=False, progress=None):
+          seed=0, depth=None, keys=False, out=None, force=False, progress=None, build="auto"):
     """Graft `source` into `target`; returns (state_dict of torch tensors, report dict).
 
     source: a checkpoint path, or {prefix: path} for several. target: an mmengine config (.py, with
@@ -381,5 +386,5 @@ def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None,
     rules=FILE). With `out`, the result is also written and verified there (torch zip, or .safetensors)."""
     values, report = run(source, target, rules, cfg_options=cfg_options, on_shape_mismatch=on_shape_mismatch,
                          inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
-                         progress=progress)
+                         progress=progress, build=build)
     return OrderedDict((k, _as_torch(v)) for k, v in values.items()), report

@@ -79,15 +79,17 @@ def _counts(entries) -> dict:
     return {"tensors": len(entries), "params": params}
 
 
-def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | None = None):
-    """A target from an nn.Module, a config path (`.py`), an existing checkpoint, or `package.module:function`."""
+def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | None = None, build: str = "auto"):
+    """A target from an nn.Module, a config path (`.py`), an existing checkpoint, or `package.module:function`.
+    Configs are built with parameters on meta (`build` 'auto': falling back to the CPU with a note; 'meta';
+    'cpu'); call `materialise(keys)` on such a target before asking for `initial` values."""
     if not isinstance(spec, (str, os.PathLike)):
         return _module_target(lambda: spec, "module", type(spec).__name__, seed, init=False)
     text = os.fspath(spec)
     if cfg_options and not text.endswith(".py"):
         raise CkptError("--cfg-options needs a config (.py) as --into")
     if text.endswith(".py"):
-        return _config_target(text, cfg_options, seed)
+        return _config_target(text, cfg_options, seed, build)
     if os.path.exists(text):
         return TemplateTarget(text, section)
     if FACTORY.fullmatch(text):
@@ -96,12 +98,99 @@ def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | 
                     "package.module:function")
 
 
-def _config_target(path: str, cfg_options, seed):
-    from ckpttool.integrations.openmmlab import build_model, load_config
+BUILDS = ("auto", "meta", "cpu")
 
+
+class MetaModuleTarget(ModuleTarget):
+    """A config's model built with its parameters and buffers on the meta device (names, shapes and dtypes cost
+    nothing). `materialise(keys)` rebuilds it under the target's seed with only `keys` real, holding the values a
+    CPU build's initialisation gives them; anything else stays on meta (see integrations/meta_build.py)."""
+
+    def __init__(self, model, builder, kind, spec, seed, fallback):
+        super().__init__(model, kind, spec)
+        self.builder, self.seed, self.fallback, self.build, self.materialised = builder, seed, fallback, "meta", 0
+        self.notes: list[str] = []
+
+    def materialise(self, keys) -> None:
+        keys = [k for k in self.entries if k in set(keys)]
+        try:
+            model = self.builder.materialise(keys, self.seed)
+        except CkptError:
+            raise
+        except Exception as exc:  # a model whose second build or init cannot run on meta: build it on the CPU
+            note = (f"target built on the CPU: initialising it with parameters on meta failed "
+                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
+            model, self.build = self.fallback(), "cpu"
+            self.notes.append(note)
+            from ckpttool.report.progress import warn
+
+            warn(note)
+        self.model = model
+        self.state = OrderedDict((k, v.detach()) for k, v in model.state_dict().items())
+        self.materialised = len(keys) if self.build == "meta" else len(self.state)
+
+    def initial(self, key):
+        value = self.state[key]
+        if value.is_meta:
+            raise CkptError(f"internal error: {key} was not materialised")
+        return value.clone()
+
+    def check_strict(self, sd) -> None:
+        """Through the model's own `load_state_dict` (its hooks run), with meta stand-ins for the values of the
+        tensors that stay on meta: names and shapes are what is checked, no value is read for them (the values
+        are checked bit for bit by graft's `verify`)."""
+        import warnings
+
+        import torch
+
+        stand_in = OrderedDict()
+        for k, v in sd.items():
+            own = self.state.get(k)
+            if own is not None and own.is_meta and not (isinstance(v, torch.Tensor) and v.is_meta):
+                dtype = getattr(torch, v.dtype) if isinstance(v.dtype, str) else v.dtype
+                v = torch.empty(tuple(v.shape), dtype=dtype, device="meta")
+            stand_in[k] = v
+        with warnings.catch_warnings():  # copying into a meta parameter is a no-op
+            warnings.simplefilter("ignore", UserWarning)
+            super().check_strict(stand_in)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "build": self.build, "materialised": self.materialised}
+
+
+def _config_target(path: str, cfg_options, seed, build: str = "auto"):
+    from ckpttool.integrations.openmmlab import build_model, init_weights, load_config
+
+    if build not in BUILDS:
+        raise CkptError(f"build must be one of {', '.join(BUILDS)}, got {build!r}")
     cfg = load_config(path, cfg_options)  # CkptError when missing or unreadable
-    target = _module_target(lambda: build_model(cfg), "config", path, seed, init=False)
-    target.cfg_options = list(cfg_options) if cfg_options and not isinstance(cfg_options, dict) else cfg_options
+    options = list(cfg_options) if cfg_options and not isinstance(cfg_options, dict) else cfg_options
+
+    def cpu_target():
+        return _module_target(lambda: build_model(cfg), "config", path, seed, init=False)
+
+    target, note = None, None
+    if build != "cpu":
+        from ckpttool.integrations.meta_build import MetaBuild
+
+        builder = MetaBuild(lambda: build_model(cfg, device=None, init=False), init=init_weights)
+        try:
+            model = builder.layout()
+            target = MetaModuleTarget(model, builder, "config", path, seed, lambda: cpu_target().model)
+        except Exception as exc:  # a bad config fails the CPU build below the same way, with its own message
+            if build == "meta":
+                raise CkptError(f"cannot build {path} with parameters on meta: {type(exc).__name__}: {exc}") \
+                    from exc
+            note = (f"target built on the CPU: building it with parameters on meta failed "
+                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
+    if target is None:
+        target = cpu_target()
+        if note:
+            from ckpttool.report.progress import warn
+
+            warn(note)
+        target.notes, target.build = [note] if note else [], "cpu"
+    target.cfg_options = options
     return target
 
 
