@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from ckpttool.errors import CkptError, FormatError, UnsafeError
+from ckpttool.errors import FormatError, UnsafeError
 from ckpttool.io import allowlist as AL
 from ckpttool.io import dcp, safetensors_file, safety, torchfile
 from ckpttool.io.detect import detect, index_file

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ckpttool.errors import FormatError
 from ckpttool.io import allowlist as AL
-from ckpttool.io.dtypes import BY_STORAGE, DType, by_name
+from ckpttool.io.dtypes import DType, by_name
 from ckpttool.io.tensor import SpecialTensor, Storage, TensorRef
 
 VERDICTS = ("data", "not verified", "code")  # in increasing order of severity
