@@ -323,3 +323,14 @@ def test_cli_json_is_the_only_thing_on_stdout(ntu_workdir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert res["task"] == "ntu60" and res["num_samples"] == 1 and res["weights"]["missing"] == []
+
+
+@pytest.mark.slow
+def test_unknown_split_lists_the_splits_of_the_annotation(ntu_workdir):
+    from ckpttool.errors import CkptError
+
+    config, options, entry = _setup(ntu_workdir, "posec3d")
+    with pytest.raises(CkptError) as err:
+        evaluate_model(config, entry["checkpoint"], [1], cfg_options=options, split="xsub_nope")
+    assert "xsub_nope" in str(err.value) and "the annotation file has:" in str(err.value) \
+        and "xsub_val" in str(err.value)

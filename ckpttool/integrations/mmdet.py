@@ -24,8 +24,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

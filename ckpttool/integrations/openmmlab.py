@@ -90,7 +90,9 @@ def load_config(path, cfg_options: list[str] | dict | None = None, project_root=
         with import_paths(project_root):
             cfg = Config.fromfile(str(path))
     except Exception as exc:  # syntax errors, missing _base_ files, custom imports that fail, …
-        raise CkptError(f"cannot read config {path}: {exc}") from exc
+        hint = (" (custom_imports are imported from the current directory: run from the project folder, or pass "
+                "--project-root DIR / set PYTHONPATH)" if isinstance(exc, ImportError) else "")
+        raise CkptError(f"cannot read config {path}: {exc}{hint}") from exc
     options = parse_cfg_options(cfg_options)
     if options:
         try:
@@ -171,8 +173,24 @@ def build_dataset(dataset_cfg):
     except CkptError:
         raise
     except Exception as exc:
-        raise CkptError(f"cannot build the test dataset: {type(exc).__name__}: {exc}") from exc
+        raise CkptError(f"cannot build the test dataset: {type(exc).__name__}: {exc}{_split_hint(cfg, exc)}") from exc
     return dataset
+
+
+def _split_hint(dataset_cfg, exc) -> str:
+    """For a KeyError on `split` (mmaction2 pose annotations), the splits the annotation file has."""
+    inner = inner_dataset(dataset_cfg)
+    split, ann = inner.get("split"), inner.get("ann_file")
+    if not isinstance(exc, KeyError) or not split or not isinstance(ann, str) or not os.path.isfile(ann):
+        return ""
+    try:
+        from ckpttool.io import load_pickle
+
+        splits = load_pickle(ann).get("split")
+    except Exception:  # the hint is best effort; the error above stands either way
+        return ""
+    return f" (split {split!r}; the annotation file has: {', '.join(map(str, splits))})" if isinstance(splits, dict) \
+        else ""
 
 
 def import_scope(scope: str | None) -> None:
