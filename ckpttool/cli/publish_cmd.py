@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import Command, finish, output_options
+from ckpttool.cli.common import Command, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, human_bytes, human_count
 
 
-@click.command("publish", cls=Command)
+@click.command("publish", cls=Command, epilog=examples(
+    "ckpt publish work_dirs/posec3d/best_acc_top1_epoch_24.pth      # -> best_acc_top1_epoch_24-1a2b3c4d.pth",
+    "ckpt publish epoch_12.pth --raw --dtype fp16 -o release/",
+    "ckpt publish model_best.pth.tar --ema -o model.safetensors"))
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--out", type=click.Path(),
               help="Output file (.pth torch zip, or .safetensors) or directory. Default: "

@@ -491,6 +491,8 @@ def publish_file(src: str, dst, *, force: bool = False, inputs: Iterable = ()) -
 
 
 def _publish(fd: int | None, tmp: str | None, path: str, replace: bool) -> None:
+    if _terminated:  # a SIGTERM whose exception something swallowed (a __del__, a library's except): no name
+        raise Terminated("terminated (SIGTERM)")
     directory = os.path.dirname(path)
     if tmp is None:  # an unnamed O_TMPFILE file: linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names it
         try:
@@ -617,7 +619,12 @@ def _signals_clean_up():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+_terminated = False
+
+
 def _raise_terminated(signum, frame):
+    global _terminated
+    _terminated = True
     raise Terminated("terminated (SIGTERM)")
 
 
