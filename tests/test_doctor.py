@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from ckpttool.cli.main import cli
+from tests.support.cli import invoke, runs_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,17 +22,6 @@ def doc(tmp_path_factory):
     from tests.support.doctor_fixtures import make_doctor_work_dirs
 
     return make_doctor_work_dirs(tmp_path_factory.getbasetemp() / "doctor_work_dirs")
-
-
-def invoke(*args):
-    res = CliRunner().invoke(cli, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
-
-
-def runs_json(*args):
-    code, out, err = invoke("runs", *args, "--format", "json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def top1(metrics: dict, stream: str) -> float:

@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from ckpttool.cli.main import cli
+from tests.support.cli import invoke, runs_json
 from ckpttool.workdirs.runs import parse_log_text, scan
 from tests.support.workdir_fixtures import COLLAPSE_LOG, COLLAPSE_TOP1, make_work_dir
 
@@ -18,17 +17,6 @@ from tests.support.workdir_fixtures import COLLAPSE_LOG, COLLAPSE_TOP1, make_wor
 def work(tmp_path_factory):
     pytest.importorskip("mmengine")
     return make_work_dir(tmp_path_factory.getbasetemp() / "ckpt_work_dir")
-
-
-def invoke(*args):
-    res = CliRunner().invoke(cli, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
-
-
-def runs_json(*args):
-    code, out, err = invoke("runs", *args, "--format", "json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def best_epoch(metrics: dict, name: str) -> int:
