@@ -99,25 +99,34 @@ def bench_sweep(man, out, n):
 
 
 def bench_r50(man, out, n):
+    """The full-size R-50 two-stream model (random weights) through the detector adapter's own view source and
+    forward: pipeline + ``test_step`` per image pair, the ``none`` view."""
     import torch
-    from mmengine.config import Config
 
+    from ckpttool.engine.pipeline import build_run
     from ckpttool.integrations import mmdet as M
-    from ckpttool.integrations.openmmlab import build_model
-    from ckpttool.engine.dist import Dist
+    from ckpttool.integrations.openmmlab import build_dataset, build_model
 
-    cfg = M.load_detector_config(str(SUPPORT / "kaist_twostream" / "configs" / "frcnn_r50_kaist.py"),
-                                 [f"test_dataloader.dataset.data_root={out / 'kaist_mmdet' / 'data'}/",
-                                  "test_dataloader.dataset.ann_file=test.json"], str(SUPPORT))
-    model = build_model(cfg, "cpu")
-    dataset, pipeline = M.build_test_dataset(cfg)
-    view = M.setting_views(M.parse_settings("none")[0], cfg, pipeline)[0]
-    infos = [dataset.get_data_info(i) for i in range(n + 1)]
-    with Dist("none", "cpu") as dist:
-        M._run_view(model, view, infos[:1], dist, "warm-up")
-        t0 = time.perf_counter()
-        M._run_view(model, view, infos[1:], dist, "r50")
-        dt = (time.perf_counter() - t0) / n
+    data = out / "kaist_mmdet" / "data"
+    build = build_run(str(SUPPORT / "kaist_twostream" / "configs" / "frcnn_r50_kaist.py"),
+                      [f"test_dataloader.dataset.data_root={data}/", "test_dataloader.dataset.ann_file=test.json"],
+                      project_root=str(SUPPORT))
+    adapter = M.DetectorAdapter(str(out / man["test_ann"]))
+    keys = adapter.views(adapter.settings(build, "none")[0])
+    model = build_model(build.cfg, "cpu")
+    source, streams = adapter.view_source(build, model, keys), adapter.streams(build, model)
+    dataset = build_dataset(build.dataset_cfg)
+
+    def run(indices):
+        with torch.no_grad():
+            for i in indices:
+                for _, inputs in source.sample(dataset.get_data_info(i)):
+                    adapter.forward(model, inputs, streams)
+
+    run([0])   # warm-up
+    t0 = time.perf_counter()
+    run(range(1, n + 1))
+    dt = (time.perf_counter() - t0) / n
     print(f"R-50 two-stream Faster R-CNN, 640x512 pairs, CPU, {torch.get_num_threads()} thread(s): "
           f"{dt:.2f} s / image pair ({n} pairs)")
     return {"r50_s_per_pair": dt, "threads": torch.get_num_threads()}

@@ -195,29 +195,31 @@ def test_flipped_view_unflips_exactly_on_a_mirror_symmetric_image(kx, tmp_path):
 
     plain = pickle.load(open(tmp_path / "dump" / "none.pkl", "rb"))[0]["pred_instances"]
     assert len(plain["bboxes"]) > 0
-    # the raw flipped view, un-flipped by DetTTAModel's merge_aug_bboxes (what the flip setting merges)
-    from mmengine.config import Config
+    # the raw flipped view, un-flipped by DetTTAModel's merge_aug_bboxes (what the flip setting merges), with the
+    # image meta as the adapter keeps it per view
+    import torch
 
+    from ckpttool.engine.pipeline import build_run
     from ckpttool.integrations import mmdet as M
+    from ckpttool.integrations.openmmlab import build_dataset, build_model, inner_dataset, load_checkpoint
 
-    cfg = M.load_detector_config(kx["config"], opts, str(SUPPORT))
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint
-
-    model = build_model(cfg, "cpu")
+    build = build_run(kx["config"], opts, project_root=str(SUPPORT))
+    model = build_model(build.cfg, "cpu")
     load_checkpoint(model, kx["checkpoint"])
-    dataset, pipeline = M.build_test_dataset(cfg)
-    views = setting_views(parse_settings("flip")[0], cfg, pipeline)
+    views = setting_views(parse_settings("flip")[0], build.cfg, inner_dataset(build.dataset_cfg)["pipeline"])
     assert [view_key(v) for v in views] == ["320x256+flip:horizontal", "320x256"]
-    from ckpttool.engine.dist import Dist
-
-    flipped, _ = M._run_view(model, views[0], [dataset.get_data_info(0)], Dist("none", "cpu"), "flip")
-    merger = M.build_merger(cfg, model)
-    s = flipped.sample(0)
-    unflipped = merger.merge_aug_bboxes([s.pred_instances.bboxes], None, [s.metainfo])
+    adapter = M.DetectorAdapter(str(ann))
+    info = build_dataset(build.dataset_cfg).get_data_info(0)
+    [(key, inputs)] = list(M.ImageViews({"flipped": views[0]}).sample(info))
+    out = adapter.forward(model, inputs, adapter.streams(build, model))
+    meta = M._metainfo(out["meta"][0], info)
+    assert meta["flip"] is True and meta["flip_direction"] == "horizontal" and meta["ori_shape"] == (512, 640)
+    merger = M.build_merger(build.cfg, model)
+    unflipped = merger.merge_aug_bboxes([torch.from_numpy(out["bboxes"][0])], None, [meta])
     b = plain["bboxes"].numpy()
     mirrored = np.stack([640 - b[:, 2], b[:, 1], 640 - b[:, 0], b[:, 3]], axis=1)
     np.testing.assert_array_equal(unflipped.numpy(), mirrored)
-    np.testing.assert_array_equal(s.pred_instances.scores.numpy(), plain["scores"].numpy())
+    np.testing.assert_array_equal(out["scores"][0], plain["scores"].numpy())
 
 
 def test_a_sweep_runs_each_distinct_view_once(kx, tmp_path, monkeypatch):

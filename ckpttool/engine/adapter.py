@@ -14,14 +14,15 @@ weights                   ``build_model(build, device)`` — build ``cfg.model``
 data → views              ``view_source(build, model, keys)`` → :class:`ViewSource` — a sample's packed view inputs
 inference                 ``streams(build, model)``, ``forward(model, inputs, streams)`` — raw outputs of a batch of views
 ground truth              ``target(info)`` — what the metrics need of a sample (a label, an image id)
-aggregation + metrics     ``report(build, settings, results, cached)`` — per setting: aggregate its views, score
+aggregation + metrics     ``report(build, settings, outputs)`` — per setting: aggregate its views, score
 dumps                     ``dump(directory, build, settings, results)`` — files in the library's own format
 ========================  ==========================================================================================
 
 Adapters implement the protocol structurally (they never import this module), so ``integrations`` does not
 depend on ``engine``. The recogniser adapter is :class:`ckpttool.integrations.mmaction_recognizer.RecognizerAdapter`
 (settings = clip counts ``k``; view key = ``k``, whose pipeline gives clips × crops × flips views);
-a detector adapter has settings = TTA settings and view keys = (flip, scale) pairs shared between settings.
+the detector adapter is :class:`ckpttool.integrations.mmdet.DetectorAdapter` (settings = TTA settings; view key =
+what one plain test pipeline does to the image — scale, flip — shared between settings; one image per view).
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ class Build:
 
 
 # ``results`` handed to ``report``/``dump``: view key -> (targets [n], {stream: ndarray [n, V, …]})
-# (an object array of per-sample outputs where samples have different view counts or outputs are not arrays).
+# (an object array of per-sample outputs where samples have different view counts or sizes: per sample the
+# ``[V, …]`` array, or a list of V arrays, e.g. a detector's boxes). Targets are what ``target(info)`` returns,
+# stacked (int labels -> int64, image paths -> str).
 Results = dict
 
 
@@ -90,9 +93,11 @@ class TaskAdapter(Protocol):
     def target(self, info: dict):
         """The ground truth of a sample that ``report`` needs (an int label for a recogniser)."""
 
-    def report(self, build: Build, settings: list, results: Results, cached: set) -> dict:
+    def report(self, build: Build, settings: list, outputs) -> dict:
         """Aggregate each setting's views and compute its metrics; the task's result keys (e.g. ``{"clips": [...],
-        "aggregate": "prob", "num_classes": 60}``). ``cached``: the view keys served from the cache."""
+        "aggregate": "prob", "num_classes": 60}``). ``outputs`` (:class:`ckpttool.engine.pipeline.Outputs`):
+        ``.results`` (:data:`Results`), ``.cached`` (the view keys served from the cache), ``.passes`` (forward
+        passes run, all ranks), ``.timing``."""
 
     def dump(self, directory, build: Build, settings: list, results: Results) -> list[str]:
         """Write per-setting prediction files under ``directory`` (through ``ckpttool.io.write``); their paths."""

@@ -32,13 +32,15 @@ class Options:
 
 @dataclass
 class Outputs:
-    """The views stage's result: per view key ``(targets, {stream: array})``, which keys came from the cache,
-    the time split and the data stage's statistics."""
+    """The views stage's result, handed to the adapter's ``report``: per view key ``(targets, {stream: array})``,
+    which keys came from the cache, the forward passes run (all ranks), the time split and the data stage's
+    statistics."""
 
     results: dict
     cached: set
     timing: dict
     extra: dict
+    passes: int = 0
 
 
 def evaluate(adapter: TaskAdapter, config, checkpoint, settings=None, *, cfg_options=None, split=None,
@@ -55,7 +57,7 @@ def evaluate(adapter: TaskAdapter, config, checkpoint, settings=None, *, cfg_opt
     with Dist(options.launcher, options.device) as dist, quiet_mmengine_logs(logging.ERROR):
         out = collect_views(adapter, build, checkpoint, keys, options, dist)
         result = {"task": adapter.task, "config": str(config), "checkpoint": str(checkpoint),
-                  **adapter.report(build, chosen, out.results, out.cached), "split": build.split,
+                  **adapter.report(build, chosen, out), "split": build.split,
                   "num_samples": len(next(iter(out.results.values()))[0]),
                   "views_per_batch": options.views_per_batch, "world_size": dist.world, "device": options.device,
                   "timing": dict(out.timing, total_s=time.perf_counter() - t_start), **out.extra}
@@ -105,7 +107,7 @@ def collect_views(adapter, build: Build, checkpoint, keys, options: Options, dis
     if store is not None and dist.rank == 0:
         store.save_all(fresh.results)
     dist.barrier()
-    return Outputs({**fresh.results, **cached}, set(cached), fresh.timing, fresh.extra)
+    return Outputs({**fresh.results, **cached}, set(cached), fresh.timing, fresh.extra, fresh.passes)
 
 
 def _dataset(build: Build):
@@ -130,10 +132,11 @@ def run_views(adapter, build: Build, checkpoint, dataset, keys, n: int, options:
     label = f"{adapter.progress_label} {','.join(map(str, keys))}"
     targets, per_key, pipe_s = _infer(adapter, dataset, source, runner, dist.shard(n), label,
                                       options.progress if dist.rank == 0 else False)
-    results = assemble(dist.gather({"targets": targets, "per_key": per_key}), keys, n, streams)
+    parts = dist.gather({"targets": targets, "per_key": per_key, "passes": runner.batches})
     timing = {"pipeline_s": pipe_s - source.decode_seconds, "decode_s": source.decode_seconds,
               "inference_s": runner.seconds}
-    return Outputs(results, set(), timing, {**source.stats(), "weights": weights})
+    return Outputs(assemble(parts, keys, n, streams), set(), timing, {**source.stats(), "weights": weights},
+                   sum(p["passes"] for p in parts))
 
 
 def _infer(adapter, dataset, source, runner, indices, label, progress=None):
@@ -177,27 +180,29 @@ class _Clock:
 
 
 def assemble(parts: list, keys, n: int, streams) -> dict:
-    """Merge every rank's ``{"targets", "per_key"}`` into ``key -> (targets [n], {stream: [n, V, …]})`` in
+    """Merge every rank's ``{"targets", "per_key", "passes"}`` into ``key -> (targets [n], {stream: [n, V, …]})`` in
     dataset order; samples with different view counts give a ragged object array."""
-    import numpy as np
-
     targets, per_key = {}, {k: {} for k in keys}
     for part in parts:
         targets.update(part["targets"])
         for k in keys:
             per_key[k].update(part["per_key"].get(k, {}))
     order = range(n)
-    labels = np.array([targets[i] for i in order], dtype=np.int64)
+    labels = stack([targets[i] for i in order])   # int labels -> int64; image paths -> str
     return {k: (labels, {s: stack([per_key[k][i][s] for i in order]) for s in streams}) for k in keys}
 
 
 def stack(rows: list):
-    """``np.stack(rows)``, or an object array of the rows when their shapes differ."""
+    """``np.stack(rows)``, or an object array of the rows when their shapes differ or they are lists (of
+    per-view outputs of different sizes, e.g. a detector's boxes)."""
     import numpy as np
 
-    try:
-        return np.stack(rows)
-    except ValueError:
-        arr = np.empty(len(rows), dtype=object)
-        arr[:] = rows
-        return arr
+    if not any(isinstance(r, list) for r in rows):
+        try:
+            return np.stack(rows)
+        except ValueError:
+            pass
+    arr = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        arr[i] = row
+    return arr

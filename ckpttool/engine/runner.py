@@ -1,8 +1,9 @@
 """Inference on test views in bounded chunks: views of consecutive samples and view keys share a forward pass.
 
-The adapter's ``forward(model, inputs)`` maps a batch of views ``[V, …]`` (a tensor, or a dict of them for
-multi-modal models) to raw per-view outputs ``{stream: tensor [V, …]}`` (or a list of V items per stream). The
-raw outputs are kept per view (so that the score cache and another aggregation need no inference).
+The adapter's ``forward(model, inputs)`` maps a batch of views ``[V, …]`` (a tensor, a dict of them for
+multi-modal models, or a list of V packed samples, e.g. a detector's images) to raw per-view outputs
+``{stream: tensor [V, …]}`` (or a list of V items per stream). The raw outputs are kept per view (so that the score
+cache and another aggregation need no inference).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 
 
 def _num_views(inputs) -> int:
+    if isinstance(inputs, list):
+        return len(inputs)
     return next(iter(inputs.values())).shape[0] if isinstance(inputs, dict) else inputs.shape[0]
 
 
@@ -18,6 +21,8 @@ def _slice(inputs, a: int, b: int):
 
 
 def _signature(inputs):
+    if isinstance(inputs, list):   # packed samples: the adapter's forward collates them
+        return ("samples",)
     if isinstance(inputs, dict):
         return tuple((m, tuple(t.shape[1:]), t.dtype) for m, t in sorted(inputs.items()))
     return (tuple(inputs.shape[1:]), inputs.dtype)
@@ -26,6 +31,8 @@ def _signature(inputs):
 def _cat(pieces):
     import torch
 
+    if isinstance(pieces[0], list):
+        return [sample for piece in pieces for sample in piece]
     if isinstance(pieces[0], dict):
         return {m: torch.cat([p[m] for p in pieces]) for m in pieces[0]}
     return torch.cat(pieces)

@@ -115,9 +115,10 @@ class RecognizerAdapter:
         """The aggregation used: ``--aggregate``, else the head's ``average_clips``, else ``prob``."""
         return self.aggregate or (build.cfg.model.get("cls_head") or {}).get("average_clips", "prob") or "prob"
 
-    def report(self, build, settings, results, cached) -> dict:
+    def report(self, build, settings, outputs) -> dict:
         from ckpttool.metrics.ntu import ntu_rows
 
+        results, cached = outputs.results, outputs.cached
         mode = self.mode(build)
         entries = []
         for k in settings:

@@ -1,18 +1,22 @@
-"""mmdetection 3.x detectors on KAIST: a test-time-augmentation sweep where each distinct view runs once.
+"""mmdetection 3.x detectors on KAIST: the detector task adapter, a test-time-augmentation sweep where each
+distinct view runs once.
 
-:func:`evaluate_detector` is ``ckpt eval CONFIG CHECKPOINT --task kaist``. The model side is what mmdetection's
+:func:`evaluate_detector` is ``ckpt eval CONFIG CHECKPOINT --task kaist``: the engine's pipeline
+(:func:`ckpttool.engine.pipeline.evaluate`) with :class:`DetectorAdapter`. The model side is what mmdetection's
 ``tools/test.py`` does: ``Config.fromfile`` + ``--cfg-options`` (``custom_imports`` resolved with the current
 directory and ``project_root`` on ``sys.path``), the default scope, the test dataset through dataset wrappers,
-``model.test_step`` on batches of one image, the config's ``test_evaluator``. Weights come through our reader.
+``model.test_step`` on batches of one image, the config's ``test_evaluator``. Weights come through our reader
+(strict: a real mismatch is an error).
 
 A *setting* (``--tta``) is ``none``, ``flip``, ``scale:WxH[:WxH…]``, a ``+`` combination, or ``config`` (the
 config's ``tta_pipeline``). It is a list of *views*; a view is one plain pipeline (the test pipeline with its
 ``Resize`` scale replaced and a ``RandomFlip`` added, or one branch of the config's ``TestTimeAug``). Views are
 identified by what they do to the image (:func:`view_key`: resize scale / keep_ratio, flip direction, any other
 transform verbatim), so ``none``, ``flip`` and ``flip+scale:…`` share their common views, and each distinct view
-runs once per image. Per-view predictions are kept (in memory, and on disk with ``cache``); a setting with several
-views is merged by the config's ``tta_model`` (mmdet ``DetTTAModel``: un-flip, NMS, ``max_per_img``) or, without
-one, a ``DetTTAModel`` with the config's test NMS.
+runs once per image (its loading step once per image for all views). Per-view predictions are kept (in memory, and
+with ``cache`` in the engine's per-view score cache: boxes, scores, labels and the image meta the merge needs); a
+setting with several views is merged by the config's ``tta_model`` (mmdet ``DetTTAModel``: un-flip, NMS,
+``max_per_img``) or, without one, a ``DetTTAModel`` with the config's test NMS.
 
 Rows: today's KAIST keys (:func:`ckpttool.metrics.kaist.evaluate_detections`) plus ``views`` and ``evaluator``
 (the config's ``test_evaluator`` metrics under mmengine's names, e.g. ``pascal_voc/mAP``, as that evaluator
@@ -22,18 +26,20 @@ images that were run (``--limit`` says so).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ckpttool.errors import CkptError
 
-CACHE_VERSION = 1
-_META = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")
+# the image meta of a view kept with its predictions (the ``meta`` stream), as numbers: what DetTTAModel's merge
+# (un-flip) and the dumps need; NaN where the pipeline did not set it
+_META = ("ori_h", "ori_w", "img_h", "img_w", "scale_w", "scale_h", "flip", "flip_direction")
+_DIRECTIONS = (None, "horizontal", "vertical", "diagonal")
+_STREAMS = ["bboxes", "scores", "labels", "meta"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,14 +113,6 @@ def _is_resize(t) -> bool:
     return _type(t) in ("Resize", "FixScaleResize", "FixShapeResize")
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def view_key(pipeline) -> str:
     """What a plain pipeline does to an image, as a string: resize scale and keep_ratio, flip direction, and
     every other transform except the loader, annotation loading, no-op flips and packing."""
@@ -134,8 +132,14 @@ def view_key(pipeline) -> str:
             w, h = (s, s) if isinstance(s, int) else s
             parts.append(f"{w}x{h}" + ("" if t.get("keep_ratio", False) else ":stretch"))
         else:
-            parts.append(json.dumps(_plain(dict(t)), default=repr))
+            parts.append(_json(t))
     return "+".join(parts) or "identity"
+
+
+def _json(transform) -> str:
+    from ckpttool.plain import plain
+
+    return json.dumps(plain(dict(transform)), sort_keys=True, default=repr)
 
 
 def _with_flip_meta(pack: dict) -> dict:
@@ -186,37 +190,229 @@ def config_tta_views(cfg) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# model, data, TTA merging
+# the task adapter
 # ---------------------------------------------------------------------------------------------------------------
-def load_detector_config(config, cfg_options=None, project_root=None):
-    """``Config.fromfile`` + ``--cfg-options`` with ``custom_imports`` resolved from the current directory and
-    ``project_root`` (:func:`ckpttool.integrations.openmmlab.load_config`); an mmdet default scope."""
-    from ckpttool.integrations.openmmlab import load_config
-
-    cfg = load_config(config, cfg_options, project_root=project_root)
-    if cfg.get("default_scope", "mmdet") != "mmdet":
-        raise CkptError(f"{config}: default_scope is {cfg.get('default_scope')!r}; --task kaist runs mmdet models")
-    return cfg
-
-
-def _innermost(dataset_cfg):
-    while "dataset" in dataset_cfg:
-        dataset_cfg = dataset_cfg["dataset"]
-    return dataset_cfg
+def evaluate_model(config, checkpoint, ann=None, tta=None, split=None, views_per_batch=None, **options) -> dict:
+    """``ckpt eval CONFIG CHECKPOINT --task kaist`` as :mod:`ckpttool.engine.evaluate` calls it."""
+    if not ann:
+        raise CkptError("--task kaist with CONFIG CHECKPOINT needs --ann KAIST_annotation.json")
+    if split is not None:
+        raise CkptError("--split: a detector runs the config's test_dataloader (use --cfg-options to change it)")
+    if views_per_batch is not None:
+        raise CkptError("--views-per-batch: detector views run as tools/test.py does, one image per forward pass")
+    return evaluate_detector(config, checkpoint, ann, tta=tta or "none", **options)
 
 
-def build_test_dataset(cfg):
-    """The config's test dataset (wrappers included) with a no-op pipeline: views apply their own."""
-    from mmdet.registry import DATASETS
+def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, project_root=None, dump=None,
+                      cache=None, device=None, launcher="none", limit=None, protocol="mlpd", setup="Reasonable",
+                      curves=False, progress=None) -> dict:
+    """Run CONFIG + CHECKPOINT on its test set under each TTA setting; KAIST rows per setting (see module doc)."""
+    from ckpttool.engine.pipeline import Options, evaluate
+    from ckpttool.integrations.openmmlab import resolve_device
 
-    ds_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
-    pipeline = copy.deepcopy(_innermost(ds_cfg).get("pipeline", []))
-    _innermost(ds_cfg)["pipeline"] = []
-    try:
-        dataset = DATASETS.build(ds_cfg)
-    except Exception as exc:
-        raise CkptError(f"cannot build the test dataset of the config: {type(exc).__name__}: {exc}") from exc
-    return dataset, pipeline
+    if dump and Path(dump).exists() and not Path(dump).is_dir():
+        raise CkptError(f"--dump {dump}: exists and is not a directory")
+    adapter = DetectorAdapter(ann, protocol, setup, curves)
+    options = Options(cache=cache, device=resolve_device(device), launcher=launcher, limit=limit, progress=progress)
+    return evaluate(adapter, config, checkpoint, tta, cfg_options=cfg_options, project_root=project_root,
+                    dump=dump, options=options)
+
+
+class DetectorAdapter:
+    """The :class:`ckpttool.engine.adapter.TaskAdapter` of mmdetection detectors (KAIST tables): a setting is a
+    :class:`Setting`, a view key a :func:`view_key`; a view is one image through one plain pipeline."""
+
+    task = "kaist"
+    cache_prefix = "view-"
+    progress_label = "views"
+
+    def __init__(self, ann, protocol="mlpd", setup="Reasonable", curves=False):
+        from ckpttool.metrics import kaist as K
+        from ckpttool.metrics.kaist_io import load_annotations
+
+        if protocol not in K.PROTOCOLS:
+            raise CkptError(f"unknown protocol {protocol!r}; choose mlpd or matlab")
+        self.ann_path, self.protocol, self.setup, self.curves = str(ann), protocol, setup, curves
+        self.annotation = load_annotations(ann)
+        self._names = {n: i for i, n in enumerate(self.annotation.im_names)}
+        self.pipelines: dict = {}      # view key -> plain pipeline
+        self.keys_of: dict = {}        # setting name -> its view keys, in merge order
+        self.merged: dict = {}         # setting name -> per-image DetDataSamples (report -> dump)
+
+    def settings(self, build, requested) -> list[Setting]:
+        if build.cfg.get("default_scope", "mmdet") != "mmdet":
+            raise CkptError(f"{build.config}: default_scope is {build.cfg.get('default_scope')!r}; --task kaist "
+                            "runs mmdet models")
+        from ckpttool.integrations.openmmlab import inner_dataset
+
+        test_pipeline = inner_dataset(build.dataset_cfg).get("pipeline", [])
+        chosen = parse_settings(requested or "none")
+        for s in chosen:
+            views = setting_views(s, build.cfg, test_pipeline)
+            self.keys_of[s.name] = [view_key(p) for p in views]
+            for key, p in zip(self.keys_of[s.name], views):
+                self.pipelines.setdefault(key, p)
+        return chosen
+
+    def views(self, setting: Setting) -> list[str]:
+        return self.keys_of[setting.name]
+
+    def build_model(self, build, device: str):
+        from ckpttool.integrations.openmmlab import build_model
+
+        model = build_model(build.cfg, device)
+        if not hasattr(model, "test_step"):
+            raise CkptError(f"--task kaist runs mmdet detectors; this config builds {type(model).__name__}")
+        return model
+
+    def view_source(self, build, model, keys) -> "ImageViews":
+        return ImageViews({k: self.pipelines[k] for k in keys})
+
+    def streams(self, build, model) -> list[str]:
+        return list(_STREAMS)
+
+    def forward(self, model, inputs: list, streams) -> dict:
+        """``model.test_step`` on the packed images (one per view): boxes, scores, labels (original image
+        coordinates, flipped views not un-flipped) and the image meta, per view."""
+        from mmengine.dataset import pseudo_collate
+
+        out = model.test_step(pseudo_collate(inputs))
+        preds = [s.pred_instances for s in out]
+        return {"bboxes": [p.bboxes.detach().cpu().numpy().astype(np.float32).reshape(-1, 4) for p in preds],
+                "scores": [p.scores.detach().cpu().numpy().astype(np.float32).reshape(-1) for p in preds],
+                "labels": [p.labels.detach().cpu().numpy().astype(np.int64).reshape(-1) for p in preds],
+                "meta": [_meta_vector(s.metainfo) for s in out]}
+
+    def target(self, info: dict) -> str:
+        """The image path (matched to the annotation by set/video/frame: an unknown image fails before it runs)."""
+        from ckpttool.metrics.kaist_io import FormatError, image_key
+
+        path = str(info.get("img_path", ""))
+        if image_key(path) not in self._names:
+            raise FormatError(f"test image {info.get('img_id', '?')}: img_path {path!r} names no image of the "
+                              f"annotation file {Path(self.ann_path).name}")
+        return path
+
+    def report(self, build, settings, outputs) -> dict:
+        from ckpttool.integrations.openmmlab import build_dataset
+        from ckpttool.metrics.kaist_io import image_index
+
+        results = outputs.results
+        img_paths = [str(p) for p in next(iter(results.values()))[0]]
+        dataset = build_dataset(build.dataset_cfg)
+        infos = [dataset.get_data_info(i) for i in range(len(img_paths))]
+        ann_index = image_index(self.annotation, img_paths, lambda k: f"test image {k}")
+        sub = _subset(self.annotation, ann_index)
+        merger = _merger(build.cfg) if any(len(self.keys_of[s.name]) > 1 for s in settings) else None
+        methods = []
+        for s in settings:
+            keys = self.keys_of[s.name]
+            self.merged[s.name] = _merge([_samples(results[k], infos) for k in keys], merger)
+            methods.append(self._row(s.name, keys, self.merged[s.name], sub, build.cfg, dataset, infos))
+        distinct = list(dict.fromkeys(k for s in settings for k in self.keys_of[s.name]))
+        n = len(img_paths)
+        return {"mode": "model", "protocol": self.protocol, "setup": self.setup, "annotation": self.ann_path,
+                "limit": n if n < len(dataset) else None, "num_test_images": len(dataset),
+                "num_images": {"all": int(len(sub.image_ids)), "day": int(sub.day.sum()),
+                               "night": int((~sub.day).sum())},
+                "views": {"distinct": distinct, "run": [k for k in distinct if k not in outputs.cached],
+                          "cached": [k for k in distinct if k in outputs.cached], "forward_passes": outputs.passes},
+                "methods": methods}
+
+    def _row(self, name, keys, merged, sub, cfg, dataset, infos) -> dict:
+        """One setting's KAIST row (the keys of ``--preds`` rows) plus its ``views`` and the config's evaluator."""
+        from ckpttool.metrics import kaist as K
+
+        row = K.evaluate_detections(sub, _detections(sub, merged, name), self.setup,
+                                    self.protocol if self.curves else None)
+        head = row["protocols"][self.protocol]
+        row = {"name": name, "MR": head["MR"], "recall": head["recall"], **row, "file": None, "views": keys,
+               "evaluator": _run_evaluator(cfg, dataset, infos, merged)}
+        row["notes"] = K.explain(row)
+        return row
+
+    def dump(self, directory, build, settings, results) -> list[str]:
+        from ckpttool.metrics.kaist_io import image_index
+
+        img_paths = [str(p) for p in next(iter(results.values()))[0]]
+        sub = _subset(self.annotation, image_index(self.annotation, img_paths, lambda k: f"test image {k}"))
+        return [path for s in settings for path in write_dumps(directory, s.name, self.merged[s.name], sub)]
+
+
+class ImageViews:
+    """The :class:`ckpttool.engine.adapter.ViewSource` of a detector: each view key's plain pipeline, its loading
+    step run once per image for all the views that share it (``decode_seconds``), the rest per view."""
+
+    def __init__(self, pipelines: dict):
+        from mmcv.transforms import Compose
+
+        self.loaders: dict = {}     # loader json -> (Compose([loader]), [(key, Compose(rest))])
+        for key, p in pipelines.items():
+            entry = self.loaders.setdefault(_json(p[0]), (Compose(p[:1]), []))
+            entry[1].append((key, Compose(p[1:])))
+        self.decode_seconds = 0.0
+        self.images = 0
+
+    def sample(self, info: dict):
+        for load, views in self.loaders.values():
+            t0 = time.perf_counter()
+            loaded = load(copy.deepcopy(info))
+            self.decode_seconds += time.perf_counter() - t0
+            self.images += 1
+            for key, rest in views:
+                yield key, [rest(copy.deepcopy(loaded))]
+
+    def stats(self) -> dict:
+        return {"decode": {"images_loaded": self.images}}
+
+
+def _meta_vector(meta) -> np.ndarray:
+    """A view's image meta as the numbers of ``_META`` (NaN where absent)."""
+    ori, img, sf = (meta.get(k) for k in ("ori_shape", "img_shape", "scale_factor"))
+    out = np.full(len(_META), np.nan)
+    if ori is not None:
+        out[0:2] = ori[:2]
+    if img is not None:
+        out[2:4] = img[:2]
+    if sf is not None:
+        out[4:6] = np.asarray(sf, dtype=np.float64).reshape(-1)[:2]
+    if "flip" in meta:
+        out[6] = float(bool(meta["flip"]))
+        out[7] = _DIRECTIONS.index(meta.get("flip_direction"))
+    return out
+
+
+def _metainfo(vector, info: dict) -> dict:
+    """The DetDataSample metainfo of a view: the dataset's image id and path, and its meta numbers."""
+    v = np.asarray(vector, dtype=np.float64)
+    meta = {"img_id": info.get("img_id"), "img_path": info.get("img_path")}
+    for name, (a, b) in (("ori_shape", (0, 2)), ("img_shape", (2, 4))):
+        if not np.isnan(v[a:b]).any():
+            meta[name] = tuple(int(x) for x in v[a:b])
+    if not np.isnan(v[4:6]).any():
+        meta["scale_factor"] = tuple(float(x) for x in v[4:6])
+    if not np.isnan(v[6]):
+        meta["flip"], meta["flip_direction"] = bool(v[6]), _DIRECTIONS[int(v[7])]
+    return meta
+
+
+def _samples(result, infos) -> list:
+    """One view's per-image predictions (``(targets, {stream: [n] lists of one view})``) as DetDataSamples."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    _, streams = result
+    out = []
+    for i, info in enumerate(infos):
+        ds = DetDataSample(metainfo=_metainfo(streams["meta"][i][0], info))
+        pred = InstanceData()
+        pred.bboxes = torch.from_numpy(np.array(streams["bboxes"][i][0], dtype=np.float32).reshape(-1, 4))
+        pred.scores = torch.from_numpy(np.array(streams["scores"][i][0], dtype=np.float32).reshape(-1))
+        pred.labels = torch.from_numpy(np.array(streams["labels"][i][0], dtype=np.int64).reshape(-1))
+        ds.pred_instances = pred
+        out.append(ds)
+    return out
 
 
 def build_merger(cfg, model):
@@ -232,255 +428,23 @@ def build_merger(cfg, model):
     return MODELS.build(tta)
 
 
-def _count_view_passes(model):
-    return getattr(model, "_ckpt_view_passes", 0)
-
-
-@dataclass
-class ViewResult:
-    """Per-image predictions of one view (numpy, original image coordinates; flipped views not un-flipped)."""
-
-    bboxes: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    meta: list = field(default_factory=list)
-
-    def __len__(self):
-        return len(self.bboxes)
-
-    def add(self, sample):
-        pred = sample.pred_instances
-        self.bboxes.append(pred.bboxes.detach().cpu().numpy().astype(np.float32).reshape(-1, 4))
-        self.scores.append(pred.scores.detach().cpu().numpy().astype(np.float32).reshape(-1))
-        self.labels.append(pred.labels.detach().cpu().numpy().astype(np.int64).reshape(-1))
-        self.meta.append({k: _plain_meta(sample.metainfo.get(k)) for k in _META if k in sample.metainfo})
-
-    def sample(self, i):
-        """Image ``i`` as a ``DetDataSample`` with ``pred_instances``."""
-        import torch
-        from mmdet.structures import DetDataSample
-        from mmengine.structures import InstanceData
-
-        meta = dict(self.meta[i])
-        for k in ("ori_shape", "img_shape", "scale_factor"):
-            if k in meta and meta[k] is not None:
-                meta[k] = tuple(meta[k])
-        ds = DetDataSample(metainfo=meta)
-        pred = InstanceData()
-        pred.bboxes = torch.from_numpy(self.bboxes[i].copy())
-        pred.scores = torch.from_numpy(self.scores[i].copy())
-        pred.labels = torch.from_numpy(self.labels[i].copy())
-        ds.pred_instances = pred
-        return ds
-
-
-def _plain_meta(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return [_plain_meta(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# per-view cache (one .npz per view, keyed like the recogniser score cache)
-# ---------------------------------------------------------------------------------------------------------------
-def _cache_key(fingerprint: dict, checkpoint_sha: str, view: str) -> str:
-    payload = json.dumps({"v": CACHE_VERSION, "config": fingerprint, "checkpoint": checkpoint_sha, "view": view},
-                         sort_keys=True, default=repr)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _cache_load(directory, key, img_paths):
-    p = Path(directory) / f"view-{key[:24]}.npz"
-    if not p.is_file():
-        return None
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            n = len(img_paths)
-            if meta.get("key") != key or meta["img_paths"][:n] != list(img_paths):
-                return None
-            counts = z["counts"][:n]
-            ends = np.cumsum(counts)
-            starts = ends - counts
-            res = ViewResult()
-            for i in range(n):
-                a, b = int(starts[i]), int(ends[i])
-                res.bboxes.append(z["bboxes"][a:b])
-                res.scores.append(z["scores"][a:b])
-                res.labels.append(z["labels"][a:b])
-                res.meta.append(meta["meta"][i])
-    except Exception:  # unreadable or foreign: a miss, recomputed and overwritten
-        return None
-    return res
-
-
-def _cache_save(directory, key, img_paths, res: ViewResult):
-    import io
-
-    from ckpttool.io.write import write_bytes
-
-    meta = {"key": key, "img_paths": list(img_paths), "meta": res.meta}
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.array(json.dumps(meta)), counts=np.array([len(s) for s in res.scores], dtype=np.int64),
-             bboxes=np.concatenate(res.bboxes).reshape(-1, 4).astype(np.float32),
-             scores=np.concatenate(res.scores).astype(np.float32),
-             labels=np.concatenate(res.labels).astype(np.int64))
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    write_bytes(Path(directory) / f"view-{key[:24]}.npz", buf.getvalue(), force=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the run
-# ---------------------------------------------------------------------------------------------------------------
-def evaluate_model(config, checkpoint, ann=None, tta=None, split=None, views_per_batch=None, **options) -> dict:
-    """``ckpt eval CONFIG CHECKPOINT --task kaist`` as :mod:`ckpttool.engine.evaluate` calls it."""
-    if not ann:
-        raise CkptError("--task kaist with CONFIG CHECKPOINT needs --ann KAIST_annotation.json")
-    if split is not None:
-        raise CkptError("--split: a detector runs the config's test_dataloader (use --cfg-options to change it)")
-    if views_per_batch is not None:
-        raise CkptError("--views-per-batch: detector views run as tools/test.py does, one image per forward pass")
-    return evaluate_detector(config, checkpoint, ann, tta=tta or "none", **options)
-
-
-def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, project_root=None, dump=None,
-                      cache=None, device=None, launcher="none", limit=None, protocol="mlpd", setup="Reasonable",
-                      curves=False) -> dict:
-    """Run CONFIG + CHECKPOINT on its test set under each TTA setting; KAIST rows per setting (see module doc)."""
-    from ckpttool.engine.dist import Dist
-    from ckpttool.integrations.openmmlab import build_model, load_checkpoint, quiet_mmengine_logs, resolve_device
-    from ckpttool.metrics import kaist as K
-    from ckpttool.metrics.kaist_io import image_index, load_annotations
-
-    if limit is not None and int(limit) < 1:
-        raise CkptError("--limit must be a positive integer")
-    if protocol not in K.PROTOCOLS:
-        raise CkptError(f"unknown protocol {protocol!r}; choose mlpd or matlab")
-    settings = parse_settings(tta)
-    annotation = load_annotations(ann)
-    device = resolve_device(device)   # cuda when torch sees one; one clear line for cuda without a GPU
-    if dump and Path(dump).exists() and not Path(dump).is_dir():
-        raise CkptError(f"--dump {dump}: exists and is not a directory")
-    cfg = load_detector_config(config, cfg_options, project_root)
-    t0 = time.perf_counter()
-    with Dist(launcher, device) as dist, quiet_mmengine_logs():
-        model = build_model(cfg, device)
-        weights = load_checkpoint(model, checkpoint, strict=True)
-        dataset, test_pipeline = build_test_dataset(cfg)
-        n = len(dataset) if limit is None else min(len(dataset), int(limit))
-        infos = [dataset.get_data_info(i) for i in range(n)]
-        ann_index = image_index(annotation, [str(i.get("img_path", "")) for i in infos], lambda k: f"test image {k}")
-
-        views_of = {s.name: setting_views(s, cfg, test_pipeline) for s in settings}
-        distinct = {}
-        for s in settings:
-            for p in views_of[s.name]:
-                distinct.setdefault(view_key(p), p)
-        results, cached, passes, t_infer = _collect_views(cfg, model, checkpoint, distinct, infos, dist, cache)
-        # every rank holds the gathered views: the rows are computed on each (as the engine does), files on rank 0
-        merger = build_merger(cfg, model) if any(len(v) > 1 for v in views_of.values()) else None
-        methods = []
-        sub = _subset(annotation, ann_index)
-        for s in settings:
-            keys = [view_key(p) for p in views_of[s.name]]
-            merged = _merge(keys, results, merger, n)
-            methods.append(_setting_row(s.name, keys, merged, sub, cfg, dataset, infos, dist, protocol, setup,
-                                        curves))
-            if dump and dist.rank == 0:
-                write_dumps(dump, s.name, merged, sub, ann_index)
-    return {
-        "task": "kaist", "mode": "model", "world_size": dist.world, "config": str(config),
-        "checkpoint": str(checkpoint),
-        "protocol": protocol, "setup": setup, "annotation": str(ann), "device": device,
-        "limit": None if limit is None else n, "num_test_images": len(dataset),
-        "num_images": {"all": int(len(sub.image_ids)), "day": int(sub.day.sum()), "night": int((~sub.day).sum())},
-        "weights": {"loaded": weights["loaded"], "missing": weights["missing"], "unexpected": weights["unexpected"]},
-        "views": {"distinct": list(distinct), "run": [k for k in distinct if k not in cached], "cached": cached,
-                  "forward_passes": passes},
-        "timing": {"total_s": time.perf_counter() - t0, "inference_s": t_infer,
-                   "images_per_s": (passes / t_infer) if t_infer else None},
-        "methods": methods,
-    }
-
-
-def _setting_row(name, keys, merged, sub, cfg, dataset, infos, dist, protocol, setup, curves) -> dict:
-    """One setting's KAIST row (the keys of ``--preds`` rows) plus its ``views`` and the config's evaluator."""
-    from ckpttool.metrics import kaist as K
-
-    row = K.evaluate_detections(sub, _detections(sub, merged, name), setup, protocol if curves else None)
-    head = row["protocols"][protocol]
-    row = {"name": name, "MR": head["MR"], "recall": head["recall"], **row, "file": None, "views": keys,
-           "evaluator": _run_evaluator(cfg, dataset, infos, merged, dist)}
-    row["notes"] = K.explain(row)
-    return row
-
-
-def _collect_views(cfg, model, checkpoint, distinct: dict, infos, dist, cache):
-    """Predictions of every distinct view: from the cache where it has them, else one pass over the images."""
-    from ckpttool.io.hashing import digest
-    from ckpttool.plain import plain
-
-    img_paths = [str(info.get("img_path", "")) for info in infos]
-    fingerprint = {"model": plain(cfg.model, max_depth=1000), "dataset": plain(
-        {k: v for k, v in _innermost(cfg.test_dataloader.dataset).items() if k != "pipeline"}, max_depth=1000)}
-    ck_sha = digest(checkpoint) if cache else None
-    results, cached, passes, t_infer = {}, [], 0, 0.0
-    for key, pipeline in distinct.items():
-        cache_key = _cache_key(fingerprint, ck_sha, key) if cache else None
-        hit = _cache_load(cache, cache_key, img_paths) if cache else None
-        if hit is not None:
-            results[key] = hit
-            cached.append(key)
-            continue
-        t1 = time.perf_counter()
-        results[key], k = _run_view(model, pipeline, infos, dist, f"view {key}")
-        t_infer += time.perf_counter() - t1
-        passes += k
-        if cache and dist.rank == 0:
-            _cache_save(cache, cache_key, img_paths, results[key])
-    return results, cached, passes, t_infer
-
-
-def _run_view(model, pipeline, infos, dist, label):
-    """One view over this rank's images (``model.test_step`` on batches of one, as ``tools/test.py`` with the
-    configs' batch size 1); gathered to every rank in image order."""
+def _merger(cfg):
+    """:func:`build_merger` for merging stored predictions: ``merge_preds`` never runs the wrapped model, so a
+    module that refuses to run stands in for it (a run served from the cache builds no model)."""
     import torch
-    from mmcv.transforms import Compose
-    from mmengine.dataset import pseudo_collate
 
-    from ckpttool.report.progress import bar
+    class StoredPredictions(torch.nn.Module):
+        def test_step(self, data):
+            raise RuntimeError("stored predictions are merged; no model runs here")
 
-    compose = Compose(pipeline)
-    mine = dist.shard(len(infos))
-    res = ViewResult()
-    with bar(len(mine), label, " images", None if dist.rank == 0 else False) as ticks, torch.no_grad():
-        for i in mine:
-            data = compose(copy.deepcopy(infos[i]))
-            out = model.test_step(pseudo_collate([data]))
-            res.add(out[0])
-            ticks.update(1)
-    parts = dist.gather((mine, res))
-    if dist.world == 1:
-        return res, len(mine)
-    full = ViewResult()
-    order = sorted((i, r, j) for idx, r in parts for j, i in enumerate(idx))
-    for _, r, j in order:
-        full.bboxes.append(r.bboxes[j])
-        full.scores.append(r.scores[j])
-        full.labels.append(r.labels[j])
-        full.meta.append(r.meta[j])
-    return full, sum(len(idx) for idx, _ in parts)
+    return build_merger(cfg, StoredPredictions())
 
 
-def _merge(keys, results, merger, n):
+def _merge(per_view: list, merger) -> list:
     """Per image, the setting's prediction: the single view's own, or the views merged by the TTA model."""
-    if len(keys) == 1:
-        return [results[keys[0]].sample(i) for i in range(n)]
-    return merger.merge_preds([[results[k].sample(i) for k in keys] for i in range(n)])
+    if len(per_view) == 1:
+        return per_view[0]
+    return merger.merge_preds([list(views) for views in zip(*per_view)])
 
 
 def _subset(ann, index):
@@ -528,27 +492,30 @@ def _gt(info):
     return out
 
 
-def _run_evaluator(cfg, dataset, infos, merged, dist) -> dict:
+def _run_evaluator(cfg, dataset, infos, merged) -> dict:
     """The config's ``test_evaluator`` on the merged predictions (its metrics under mmengine's names). Under
-    torchrun each rank processes its own shard, and mmengine's ``Evaluator`` gathers them in sampler order."""
+    torchrun each rank processes its part as mmengine's test loop does (``DefaultSampler``: padded to equal parts,
+    interleaved), and the ``Evaluator`` gathers them in sampler order."""
+    from mmdet.structures import DetDataSample
+    from mmengine.dist import get_dist_info
     from mmengine.evaluator import Evaluator
 
     evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = dataset.metainfo
+    rank, world = get_dist_info()
+    n = len(infos)
+    total = -(-n // world) * world
+    padded = (list(range(n)) * world)[:total]
     samples = []
-    from mmdet.structures import DetDataSample
-
-    mine = dist.shard(len(infos)) if dist.world > 1 else range(len(infos))
-    for i in mine:
-        info, s = infos[i], merged[i]
-        e = DetDataSample(metainfo=s.metainfo)
-        e.pred_instances = s.pred_instances
-        e.gt_instances, e.ignored_instances = _gt(info)
+    for i in padded[rank::world]:
+        e = DetDataSample(metainfo=merged[i].metainfo)
+        e.pred_instances = merged[i].pred_instances
+        e.gt_instances, e.ignored_instances = _gt(infos[i])
         samples.append(e)
     for i in range(0, len(samples), 64):
         evaluator.process(samples[i:i + 64])
     return {k: float(v) if isinstance(v, (int, float, np.floating)) else v
-            for k, v in evaluator.evaluate(len(infos)).items()}
+            for k, v in evaluator.evaluate(n).items()}
 
 
 def dump_name(setting: str) -> str:
@@ -556,7 +523,7 @@ def dump_name(setting: str) -> str:
     return setting.replace(":", "-").replace("/", "-")
 
 
-def write_dumps(directory, setting, merged, sub, ann_index):
+def write_dumps(directory, setting, merged, sub) -> list[str]:
     """``DIR/<setting>_result.txt`` (``image_index(1-based),x,y,w,h,score``, images in annotation order, scores
     descending) and ``DIR/<setting>.pkl`` as ``tools/test.py --out`` writes it (mmdet's ``DumpDetResults``)."""
     import pickle
@@ -569,9 +536,8 @@ def write_dumps(directory, setting, merged, sub, ann_index):
     d.mkdir(parents=True, exist_ok=True)
     base = dump_name(setting)
     lines = []
-    order = np.argsort(sub.image_ids[_positions(sub, merged)], kind="stable")
     pos = _positions(sub, merged)
-    for j in order:
+    for j in np.argsort(sub.image_ids[pos], kind="stable"):
         p = merged[j].pred_instances
         keep = p.labels.cpu().numpy() == 0
         b = p.bboxes.cpu().numpy().astype(np.float64)[keep]
@@ -590,6 +556,7 @@ def write_dumps(directory, setting, merged, sub, ann_index):
         dumper = DumpDetResults(out_file_path=str(d / f"{base}.pkl"))
     dumper.process({}, [s.to_dict() for s in merged])
     write_bytes(d / f"{base}.pkl", pickle.dumps(dumper.results, protocol=2), force=True)
+    return [str(d / f"{base}_result.txt"), str(d / f"{base}.pkl")]
 
 
 def _positions(sub, merged):
