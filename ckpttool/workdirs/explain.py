@@ -43,11 +43,11 @@ def explain(info: dict, depth: int | None = None, top: int = 8) -> dict:
                  "runs": [a["run"] if a else None, b["run"] if b else None]}
         if a and b and a["path"] and b["path"]:
             d = diff(a["path"], b["path"], depth=depth, config=True)
-            entry["weights"] = {"a": a["path"], "b": b["path"], "depth": d["depth"], "modules": d["modules"][:top],
-                                "modules_total": len(d["modules"]), "nonfinite_in_b": d["nonfinite_in_b"],
-                                "changed_tensors": d["changed_tensors"][:top]}
-            entry["config"] = [c for c in d.get("config", [])]
-            entry["notes"] = d["notes"]
+            entry["weights"] = {"a": a["path"], "b": b["path"], "depth": d.depth, "modules": d.modules[:top],
+                                "modules_total": len(d.modules), "nonfinite_in_b": d.nonfinite_in_b,
+                                "changed_tensors": d.changed_tensors[:top]}
+            entry["config"] = list(d.config or [])
+            entry["notes"] = d.notes
         else:
             entry["notes"] = [f"no checkpoint on {'both sides' if not (a and a['path']) and not (b and b['path']) else 'one side'}"
                               f" of {info['unit']} {ev['from_step']} -> {ev['step']}: no weight diff"]
