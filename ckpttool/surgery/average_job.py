@@ -70,7 +70,8 @@ def _with_update_bn(paths, out, config, batches, cfg_options, force, job, device
     return result.updated(update_bn=bn, output=final, bn_stale=False, notes=notes)
 
 
-def _average(paths, out, force, *, weights, greedy, metric, mode, eval_cmd, known, progress=None, **common) -> AverageReport:
+def _average(paths, out, force, *, weights, greedy, metric, mode, eval_cmd, known, progress=None,
+             **common) -> AverageReport:
     from ckpttool.surgery.average import average
     from ckpttool.workdirs import runs
 
