@@ -1,7 +1,8 @@
 """The one plain-data converter: anything the reader, mmengine or numpy hands us -> JSON-able dicts/lists/scalars.
 
 Used for checkpoint meta (``io.layout``), config dicts (``comparison.configdiff``, the eval cache fingerprint) and
-every ``--format json`` object (``report.output.to_jsonable``)."""
+every ``--format json`` object (``report.output.to_jsonable``; a typed result, ``report.result.Report``, becomes
+its ``to_dict()``)."""
 from __future__ import annotations
 
 import math
@@ -17,10 +18,18 @@ def _reader_types():
     return TensorRef, Inert
 
 
+@lru_cache(maxsize=None)
+def _report_type():
+    from ckpttool.report.result import Report
+
+    return Report
+
+
 def plain(obj, depth: int = 0, *, finite: bool = False, max_depth: int = 20):
     """Mappings (ConfigDicts too) become dicts with str keys; lists, tuples and sets lists; a one-element
     TensorRef its value, others ``"tensor(dtype, [shape])"``; inert objects ``"<qualname>"``; bytes
-    ``"<n bytes>"``; numpy scalars and arrays numbers and lists; anything else its ``str``. Deeper than
+    ``"<n bytes>"``; numpy scalars and arrays numbers and lists; a typed result (``report.result.Report``) its
+    ``to_dict()``; anything else its ``str``. Deeper than
     ``max_depth``: ``"..."``. ``finite``: non-finite floats become strings (``"nan"``), as JSON needs."""
     if depth > max_depth:
         return "..."
@@ -40,6 +49,8 @@ def plain(obj, depth: int = 0, *, finite: bool = False, max_depth: int = 20):
         return f"<{obj.qualname}>"
     if isinstance(obj, bytes):
         return f"<{len(obj)} bytes>"
+    if isinstance(obj, _report_type()):
+        return plain(obj.to_dict(), depth, **kw)
     if hasattr(obj, "item") and getattr(obj, "size", 2) == 1:
         return plain(obj.item(), depth + 1, **kw)
     if hasattr(obj, "tolist"):

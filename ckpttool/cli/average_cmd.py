@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from ckpttool.cli.runs_cmd import value
 from ckpttool.report.output import Cell, Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
 from ckpttool.workdirs.runs import is_percent
+
+if TYPE_CHECKING:
+    from ckpttool.surgery.average import AverageReport
 
 
 @click.command("average", cls=Command, epilog=examples(
@@ -55,44 +59,44 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     from ckpttool.report.progress import warn
     from ckpttool.surgery.average_job import run_average
 
-    result = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
+    report = run_average(checkpoints, out, work_dir=work_dir, last=last, best=best, metric=metric, mode=mode,
                          select_metric=select_metric,
                          weights=weights, greedy=greedy, eval_cmd=eval_cmd, update_bn=update_bn,
                          bn_batches=bn_batches, cfg_options=cfg_options, force=force, device=device, section=section,
                          int_buffers=int_buffers, dtype=dtype, intersection=intersection)
-    for w in result["warnings"]:
+    for w in report.warnings:
         warn(w)
-    finish(result, tables(result), fmt)
+    finish(report.to_dict(), tables(report), fmt)
 
 
-def tables(r: dict) -> list[Table]:
+def tables(r: AverageReport) -> list[Table]:
     out = []
-    if r.get("steps"):
-        name = r["metric"]
-        pct = is_percent(name, [v for s in r["steps"] for v in (s["metric"], s["soup_metric"])])
+    if r.steps:
+        name = r.metric
+        pct = is_percent(name, [v for s in r.steps for v in (s["metric"], s["soup_metric"])])
         rows = [[os.path.basename(s["candidate"]), value(s["metric"], pct), value(s["soup_metric"], pct),
-                 "kept" if s["kept"] else "dropped"] for s in r["steps"]]
+                 "kept" if s["kept"] else "dropped"] for s in r.steps]
         unit = " (%)" if pct else ""
         out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
-                         title=f"Greedy soup ({r['mode']} {name}): {len(r['ingredients'])} of {len(r['steps'])} kept"))
+                         title=f"Greedy soup ({r.mode} {name}): {len(r.ingredients)} of {len(r.steps)} kept"))
     rows = [[os.path.basename(i["path"]), i.get("epoch", "-"), i.get("iter", "-"), Cell(i["weight"], "{:.4f}".format),
-             Cell(i.get("sha256"), lambda h: (h or "-")[:12])] for i in r["inputs"]]
+             Cell(i.get("sha256"), lambda h: (h or "-")[:12])] for i in r.inputs]
     heads = ["input", "epoch", "iter", "weight", "sha256"]
-    logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.get("selected") or []}
+    logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.selected or []}
     if any(v is not None for v in logged.values()):
-        pct = is_percent(r["metric"], logged.values())
-        heads.append(f"{r['metric']} (logged{', %' if pct else ''})")
+        pct = is_percent(r.metric, logged.values())
+        heads.append(f"{r.metric} (logged{', %' if pct else ''})")
         for row in rows:
             row.append(value(logged.get(row[0]), pct))
     out.append(Table(heads, rows, primary=True,
-                     title=f"{r['method']} average of {len(rows)} checkpoint(s) ({r['section']})"))
-    info = [["output", r["output"]], ["size", Cell(r["bytes"], human_bytes)],
-            ["tensors", f"{r['tensors']} ({r['averaged']} averaged, {r['picked']} integer taken by "
-                        f"'{r['int_buffers']}')"], ["dtype", r["dtype"]]]
-    if r["skipped"]:
-        info.append(["left out", f"{len(r['skipped'])} key(s): "
-                     + ", ".join(f"{s['key']} ({s['reason']})" for s in r["skipped"][:5])])
-    if r.get("stripped_prefixes"):
-        info.append(["prefix stripped", ", ".join(r["stripped_prefixes"])])
-    out.append(Table(["", ""], info, notes=[f"note: {n}" for n in r["notes"]]))
+                     title=f"{r.method} average of {len(rows)} checkpoint(s) ({r.section})"))
+    info = [["output", r.output], ["size", Cell(r.bytes, human_bytes)],
+            ["tensors", f"{r.tensors} ({r.averaged} averaged, {r.picked} integer taken by "
+                        f"'{r.int_buffers}')"], ["dtype", r.dtype]]
+    if r.skipped:
+        info.append(["left out", f"{len(r.skipped)} key(s): "
+                     + ", ".join(f"{s['key']} ({s['reason']})" for s in r.skipped[:5])])
+    if r.stripped_prefixes:
+        info.append(["prefix stripped", ", ".join(r.stripped_prefixes)])
+    out.append(Table(["", ""], info, notes=[f"note: {n}" for n in r.notes]))
     return out

@@ -1,10 +1,15 @@
 """ckpt diff A B — keys, shapes, dtypes, values, meta and training configs of two checkpoints."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
+
+if TYPE_CHECKING:
+    from ckpttool.comparison.diff import DiffReport
 
 SHOW = 20  # rows of a key list in the text formats (json lists all)
 
@@ -35,38 +40,37 @@ def diff_cmd(a, b, depth, maps, atol, rtol, section, section_a, section_b, confi
     """Compare checkpoint A with B: keys only in one, shape and dtype mismatches, value changes per tensor and per
     module (ranked by relative L2 change; NaN/Inf appearing in B first), meta, and with --config the training
     configs (meta.cfg, read without running it) plus the optimizer's lr / weight decay / momentum."""
-    from ckpttool.comparison.diff import diff, failures, parse_fail_on
+    from ckpttool.comparison.diff import diff
 
-    kinds = parse_fail_on(fail_on)
-    result = diff(a, b, depth=depth, section_a=section_a or section, section_b=section_b or section, maps=maps,
-                  atol=atol, rtol=rtol, config=config or "config" in kinds, config_a=config_a, config_b=config_b)
-    finish(result, tables(result, keys), fmt, failures(result, kinds))
+    report = diff(a, b, depth=depth, section_a=section_a or section, section_b=section_b or section, maps=maps,
+                  atol=atol, rtol=rtol, config=config, config_a=config_a, config_b=config_b, fail_on=fail_on)
+    finish(report.to_dict(), tables(report, keys), fmt, report.failed)
 
 
 def _cosine(x) -> str:
     return fmt_num(x, 6)
 
 
-def tables(r: dict, all_keys: bool = False) -> list[Table]:
-    out = [Table(["", "A", "B"], header_rows(r), notes=[f"note: {n}" for n in r["notes"]]),
+def tables(r: DiffReport, all_keys: bool = False) -> list[Table]:
+    out = [Table(["", "A", "B"], header_rows(r), notes=[f"note: {n}" for n in r.notes]),
            Table(["structure", "count", "keys"], structure_rows(r), title="Structure")]
-    for name, title in (("shape_mismatch", "Shape mismatches"), ("dtype_mismatch", "Dtype mismatches")):
-        if r[name]:
-            rows = [[m["key"], _short(m["a"]), _short(m["b"])] for m in r[name][:SHOW]]
-            out.append(Table(["key", "A", "B"], rows, title=title, notes=_more(r[name])))
-    out.append(module_table(r["modules"], f"Modules (depth {r['depth']}) by relative change ‖b−a‖/‖a‖ of their "
+    for found, title in ((r.shape_mismatch, "Shape mismatches"), (r.dtype_mismatch, "Dtype mismatches")):
+        if found:
+            rows = [[m["key"], _short(m["a"]), _short(m["b"])] for m in found[:SHOW]]
+            out.append(Table(["key", "A", "B"], rows, title=title, notes=_more(found)))
+    out.append(module_table(r.modules, f"Modules (depth {r.depth}) by relative change ‖b−a‖/‖a‖ of their "
                                           f"floating parameters"))
-    changed = r["changed_tensors"] if all_keys else r["changed_tensors"][:10]
+    changed = r.changed_tensors if all_keys else r.changed_tensors[:10]
     if changed:
         trows = [[t["key"], t["kind"], f"{t['changed_elements']}/{t['numel']}", Cell(t["rel_l2"], fmt_num),
                   Cell(t["max_abs"], fmt_num), Cell(t["cosine"], _cosine),
                   _nonfinite(t) or (f"{t['a']} -> {t['b']}" if "delta" in t else "")] for t in changed]
-        more = len(r["changed_tensors"]) - len(changed)
+        more = len(r.changed_tensors) - len(changed)
         out.append(Table(["tensor", "kind", "changed elems", "rel L2", "max |b-a|", "cosine", "NaN/Inf / value"], trows,
                          title="Changed tensors", notes=[f"… {more} more (--keys lists all)"] if more else []))
-    if "config" in r:
+    if r.config is not None:
         crows = [[c["key"], _value(c["a"], c["change"] == "added"), _value(c["b"], c["change"] == "removed")]
-                 for c in r["config"]]
+                 for c in r.config]
         out.append(Table(["config key", "A", "B"], crows, title="Config differences"))
     return out
 
@@ -97,13 +101,13 @@ def _integers(changes: list[dict], text) -> str:
     return "; ".join(items[:2]) + (" …" if len(items) > 2 else "")
 
 
-def header_rows(r: dict) -> list[list]:
-    a, b = r["a"], r["b"]
+def header_rows(r: DiffReport) -> list[list]:
+    a, b = r.a, r.b
     rows = [["path", a["path"], b["path"]], ["format", a["format"], b["format"]], ["layout", a["layout"], b["layout"]]]
     rows.append(["weights", _weights(a), _weights(b)])
     if b["map"]:
         rows.append(["--map", "", "; ".join(b["map"])])
-    meta = r["meta"]
+    meta = r.meta
     for key in meta["changed"]:
         rows.append([key, _value(meta["a"].get(key), key not in meta["a"]),
                      _value(meta["b"].get(key), key not in meta["b"])])
@@ -115,16 +119,16 @@ def _weights(side: dict) -> str:
         (f" (prefix {side['stripped_prefix']!r} stripped)" if side["stripped_prefix"] else "")
 
 
-def structure_rows(r: dict) -> list[list]:
-    nf = r["nonfinite_in_b"]
+def structure_rows(r: DiffReport) -> list[list]:
+    nf = r.nonfinite_in_b
     return [
-        ["only in A", len(r["only_in_a"]), _keys(r["only_in_a"])],
-        ["only in B", len(r["only_in_b"]), _keys(r["only_in_b"])],
-        ["shape mismatch", len(r["shape_mismatch"]), _keys([m["key"] for m in r["shape_mismatch"]])],
-        ["dtype mismatch", len(r["dtype_mismatch"]), _keys([m["key"] for m in r["dtype_mismatch"]])],
-        ["values compared", r["compared"], ""],
-        ["identical", r["identical_tensors"], f"equal within atol {r['atol']:g}, rtol {r['rtol']:g}"],
-        ["changed", len(r["changed_tensors"]), _keys([t["key"] for t in r["changed_tensors"]])],
+        ["only in A", len(r.only_in_a), _keys(r.only_in_a)],
+        ["only in B", len(r.only_in_b), _keys(r.only_in_b)],
+        ["shape mismatch", len(r.shape_mismatch), _keys([m["key"] for m in r.shape_mismatch])],
+        ["dtype mismatch", len(r.dtype_mismatch), _keys([m["key"] for m in r.dtype_mismatch])],
+        ["values compared", r.compared, ""],
+        ["identical", r.identical_tensors, f"equal within atol {r.atol:g}, rtol {r.rtol:g}"],
+        ["changed", len(r.changed_tensors), _keys([t["key"] for t in r.changed_tensors])],
         ["NaN/Inf in B", len(nf), _keys([t["key"] for t in nf])],
     ]
 

@@ -1,10 +1,16 @@
 """ckpt graft SOURCE --into TARGET -o OUT [rules] — partial loading into a changed architecture, verified."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ckpttool.cli.common import ORDER_KEY, Command, MultiOption, OrderedOption, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from ckpttool.surgery.graft import GraftReport
+
 
 def rule_option(name, metavar, help_):
     return click.option(name, cls=OrderedOption, metavar=metavar, help=help_)
@@ -59,11 +65,11 @@ def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, sectio
         raise CkptError("give -o OUT (or --dry-run)")
     src = source_spec(source, sources)
     rules = click.get_current_context().meta.get(ORDER_KEY, [])
-    _, result = run(src, target, rules, cfg_options=list(cfg_options) or None, on_shape_mismatch=policy,
+    _, report = run(src, target, rules, cfg_options=list(cfg_options) or None, on_shape_mismatch=policy,
                     inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
                     dry_run=dry_run, fail_on=checks, build=build)
-    warn_unmatched(result)
-    finish(result, tables(result), fmt, failed=result["failed"])
+    warn_unmatched(report)
+    finish(report.to_dict(), tables(report), fmt, failed=report.failed)
 
 
 def source_spec(source, sources):
@@ -80,59 +86,59 @@ def source_spec(source, sources):
     return pairs
 
 
-def warn_unmatched(r: dict) -> None:
+def warn_unmatched(r: GraftReport) -> None:
     from ckpttool.report.progress import warn
 
-    for rule in r["rules"]:
+    for rule in r.rules:
         if rule["matched"] == 0:
             warn(f"rule {rule['text']} matched nothing")
-    skipped = [m["key"] for m in r["mismatched"] if m["action"] == "skip"]
+    skipped = [m["key"] for m in r.mismatched if m["action"] == "skip"]
     if skipped:
         warn(f"{len(skipped)} shape-mismatched tensor(s) keep the target's initialisation (--on-shape-mismatch "
              f"skip), e.g. {skipped[0]}")
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
-def tables(r: dict) -> list[Table]:
+def tables(r: GraftReport) -> list[Table]:
     out = [Table(["", ""], header_rows(r)),
            Table(["module", "tensors", "params", "loaded", "new (init)", "mismatched (action)", "from"],
-                 module_table(r), title=f"Modules (depth {r['depth']})", primary=True)]
-    if r["mismatched"]:
+                 module_table(r), title=f"Modules (depth {r.depth})", primary=True)]
+    if r.mismatched:
         out.append(Table(["key", "source", "source shape", "target shape", "action"],
                          [[m["key"], m["source"], _shape(m["source_shape"]), _shape(m["target_shape"]),
-                           m["action"]] for m in r["mismatched"]], title="Shape mismatches"))
-    if r["unused"]:
+                           m["action"]] for m in r.mismatched], title="Shape mismatches"))
+    if r.unused:
         out.append(Table(["source tensor", "shape", "params", "reason"],
-                         [[u["key"], _shape(u["shape"]), u["params"], u["reason"]] for u in r["unused"]],
+                         [[u["key"], _shape(u["shape"]), u["params"], u["reason"]] for u in r.unused],
                          title="Unused source tensors"))
-    if r["rules"]:
-        out.append(Table(["#", "rule", "matched"], [[i + 1, x["text"], x["matched"]] for i, x in enumerate(r["rules"])],
+    if r.rules:
+        out.append(Table(["#", "rule", "matched"], [[i + 1, x["text"], x["matched"]] for i, x in enumerate(r.rules)],
                          title="Rules (in order)"))
-    if "keys" in r:
+    if r.keys is not None:
         out.append(Table(["key", "shape", "status", "action", "source", "init"],
                          [[k["key"], _shape(k["shape"]), k["status"], k["action"], k["source"], k["init"]]
-                          for k in r["keys"]], title="Tensors"))
-    out[-1].notes.extend(r["notes"])
+                          for k in r.keys], title="Tensors"))
+    out[-1].notes.extend(r.notes)
     return out
 
 
-def header_rows(r: dict) -> list[list]:
-    rows = [["source", f"{s['prefix']}={s['path']}" if s["prefix"] else s["path"]] for s in r["source"]]
-    t = r["target"]
+def header_rows(r: GraftReport) -> list[list]:
+    rows = [["source", f"{s['prefix']}={s['path']}" if s["prefix"] else s["path"]] for s in r.source]
+    t = r.target
     rows.append(["target", f"{t['kind']} {t['spec']}: {t['tensors']} tensors, {human_count(t['params'])} params"])
-    rows.append(["result", r["summary"]])
-    out = r.get("output")
+    rows.append(["result", r.summary])
+    out = r.output
     if out:
         rows.append(["written", f"{out['path']} ({out['tensors']} tensors, {human_bytes(out['bytes'])}), verified: "
                      + "; ".join(out["verified"][1:])])
     else:
-        rows.append(["written", "nothing (--dry-run)" if r.get("dry_run") else "nothing (a --fail-on check failed)"])
+        rows.append(["written", "nothing (--dry-run)" if r.dry_run else "nothing (a --fail-on check failed)"])
     return rows
 
 
-def module_table(r: dict) -> list[list]:
+def module_table(r: GraftReport) -> list[list]:
     rows = []
-    for m in r["modules"]:
+    for m in r.modules:
         init = ",".join(f"{k} {v}" for k, v in m["init"].items())
         acts = ",".join(f"{k} {v}" for k, v in m["actions"].items())
         rows.append([m["name"], m["tensors"], Cell(m["params"], human_count), m["loaded"],

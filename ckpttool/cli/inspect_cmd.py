@@ -1,10 +1,15 @@
 """ckpt inspect PATH — what is in a checkpoint, without running code from it (and without importing torch)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ckpttool.cli.common import examples, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from ckpttool.summary.inspect import InspectReport
 
 
 @click.command("inspect", epilog=examples(
@@ -35,67 +40,58 @@ def inspect_cmd(path, depth, filter_, keys, config, stats, check_finite, section
     from ckpttool.report.progress import warn
     from ckpttool.summary.inspect import inspect
 
-    want_values = stats or check_finite
-    result = inspect(path, depth=depth, filter=filter_, keys=keys, config=config, stats=want_values,
-                     section=section, trust=trust)
-    if result["safety"]["verdict"] in ("code", "not verified"):
-        warn(f"{path}: {result['safety']['summary']} (nothing was executed)")
-    failed = None
-    if check_finite and result.get("nonfinite"):
-        bad = result["nonfinite"]
-        failed = f"{len(bad)} tensor(s) hold NaN/Inf, first: {bad[0]['key']}"
-    if not stats and want_values:  # --check-finite alone: keep the plain table
-        for row in result["modules"]:
-            for k in ("min", "max", "mean", "std", "l2", "rms"):
-                row.pop(k, None)
-    finish(result, tables(result, stats), fmt, failed)
+    report = inspect(path, depth=depth, filter=filter_, keys=keys, config=config, stats=stats,
+                     check_finite=check_finite, section=section, trust=trust)
+    if report.verdict in ("code", "not verified"):
+        warn(f"{path}: {report.safety['summary']} (nothing was executed)")
+    finish(report.to_dict(), tables(report, stats), fmt, report.failed)
 
 
-def tables(r: dict, stats: bool) -> list[Table]:
+def tables(r: InspectReport, stats: bool) -> list[Table]:
     out = [Table(["", ""], header_rows(r), title=None)]
     cols = ["module", "tensors", "params", "bytes", "dtypes"]
     if stats:
         cols += ["min", "max", "mean", "std", "l2", "nan", "inf", "flags"]
     rows = []
-    for m in r["modules"]:
+    for m in r.modules:
         row = [m["name"], m["tensors"], Cell(m["params"], human_count), Cell(m["bytes"], human_bytes),
                ",".join(m["dtypes"])]
         if stats:
             row += [Cell(m.get(k), fmt_num) for k in ("min", "max", "mean", "std", "l2")]
             row += [m.get("nan", 0), m.get("inf", 0), "; ".join(m.get("flags", []))]
         rows.append(row)
-    total = ["total", r["num_tensors"], Cell(r["total_params"], human_count), Cell(r["total_bytes"], human_bytes), ""]
+    total = ["total", r.num_tensors, Cell(r.total_params, human_count), Cell(r.total_bytes, human_bytes), ""]
     rows.append(total + [""] * (len(cols) - len(total)))
-    out.append(Table(cols, rows, title=f"Modules (depth {r['depth']}) of {r['weights_key'] or 'the file'}",
+    out.append(Table(cols, rows, title=f"Modules (depth {r.depth}) of {r.weights_key or 'the file'}",
                      primary=True))
-    if "keys" in r:
+    if r.keys is not None:
         kcols = ["key", "shape", "dtype", "params"] + (["min", "max", "mean", "std", "nan", "inf"] if stats else [])
         krows = [[k["key"], "x".join(map(str, k["shape"])) or "scalar", k["dtype"], k["params"]]
                  + ([Cell(k.get(c), fmt_num) for c in ("min", "max", "mean", "std")] + [k["nan"], k["inf"]]
-                    if stats else []) for k in r["keys"]]
+                    if stats else []) for k in r.keys]
         out.append(Table(kcols, krows, title="Tensors"))
-    opt = r.get("optimizer")
+    opt = r.optimizer
     if opt:
         gcols = ["groups", "params", "lr (next epoch)", "weight_decay", "momentum/betas", "parameters"]
         grows = [[_span(g["groups"]), g["params"], Cell(g.get("lr"), fmt_num), Cell(g.get("weight_decay"), fmt_num),
                   Cell(g.get("momentum"), fmt_num) if "momentum" in g else g.get("betas", "-"),
                   _names(g.get("names"))]
                  for g in opt.get("group_sets") or []]
-        lr_now = (r.get("scalars") or {}).get("train/lr")
+        lr_now = (r.scalars or {}).get("train/lr")
         out.append(Table(gcols, grows, title=f"Optimizer: {opt['kind']} ({len(opt['param_groups'])} param groups, "
                                               f"{opt['state_tensors']} state tensors, "
                                               f"{human_bytes(opt['state_bytes'])})",
                          notes=["lr (next epoch): stored after the end-of-epoch scheduler step"
                                 + (f"; lr in effect during the saved epoch (message_hub train/lr): {fmt_num(lr_now, 6)}"
                                    if lr_now is not None else "")]))
-    if r.get("schedulers"):
-        srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r["schedulers"]]
+    if r.schedulers:
+        srows = [[s["kind"], ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind")] for s in r.schedulers]
         out.append(Table(["scheduler", "state"], srows, title="Schedulers"))
-    if r.get("scalars"):
-        out.append(Table(["scalar", "last value"], [[k, Cell(v, lambda x: fmt_num(x, 6))] for k, v in r["scalars"].items()],
+    if r.scalars:
+        out.append(Table(["scalar", "last value"], [[k, Cell(v, lambda x: fmt_num(x, 6))] for k, v in r.scalars.items()],
                          title="Last logged scalars (message_hub)"))
-    if r.get("config"):
-        out.append(Table([], [], title="Config (meta.cfg)", notes=[r["config"].rstrip()]))
+    if r.config:
+        out.append(Table([], [], title="Config (meta.cfg)", notes=[r.config.rstrip()]))
     return out
 
 
@@ -110,10 +106,10 @@ def _names(names) -> str:
     return ", ".join(names[:2]) + (f" … (+{len(names) - 2})" if len(names) > 2 else "")
 
 
-def header_rows(r: dict) -> list[list]:
-    meta = r["meta"]
-    rows = [["path", r["path"]], ["format", r["format"]], ["size", Cell(r["file_bytes"], human_bytes)],
-            ["layout", r["layout"]]]
+def header_rows(r: InspectReport) -> list[list]:
+    meta = r.meta
+    rows = [["path", r.path], ["format", r.format], ["size", Cell(r.file_bytes, human_bytes)],
+            ["layout", r.layout]]
     if "epoch" in meta or "iter" in meta:
         rows.append(["epoch / iter", f"{meta.get('epoch', '-')} / {meta.get('iter', meta.get('global_step', '-'))}"])
     for key, label in (("mmengine_version", "mmengine"), ("mmcv_version", "mmcv"), ("experiment_name", "experiment"),
@@ -121,23 +117,23 @@ def header_rows(r: dict) -> list[list]:
                        ("time", "saved")):
         if meta.get(key) not in (None, ""):
             rows.append([label, meta[key]])
-    weights = r["weights_key"] or "(root)"
-    if r["stripped_prefix"]:
-        weights += f" (prefix {r['stripped_prefix']!r} stripped)"
-    rows.append(["weights", f"{weights}: {r['num_tensors']} tensors, {human_count(r['total_params'])} params"])
-    secs = [f"{k} ({human_bytes(v['bytes'])})" if "bytes" in v else k for k, v in r["sections"].items()]
+    weights = r.weights_key or "(root)"
+    if r.stripped_prefix:
+        weights += f" (prefix {r.stripped_prefix!r} stripped)"
+    rows.append(["weights", f"{weights}: {r.num_tensors} tensors, {human_count(r.total_params)} params"])
+    secs = [f"{k} ({human_bytes(v['bytes'])})" if "bytes" in v else k for k, v in r.sections.items()]
     if secs:
         rows.append(["sections", ", ".join(secs)])
-    if r.get("ema"):
-        e = r["ema"]
+    if r.ema:
+        e = r.ema
         rows.append(["EMA", f"{e['section']}" + (f", steps={e['steps']}" if e.get("steps") is not None else "")
                      + (f" — {e['note']}" if e.get("note") else "")])
     rows.append(["security", security_line(r)])
-    rows.extend(["note", n] for n in r.get("notes", []))
+    rows.extend(["note", n] for n in r.notes)
     return rows
 
 
-def security_line(r: dict) -> str:
-    if r.get("trusted"):
+def security_line(r: InspectReport) -> str:
+    if r.trusted:
         return "--trust: the file was unpickled for real (any code in it ran); globals were not checked"
-    return r["safety"]["summary"]
+    return r.safety["summary"]

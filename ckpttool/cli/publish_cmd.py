@@ -1,10 +1,15 @@
 """ckpt publish CHECKPOINT [-o OUT] — a release file: weights (EMA or raw) + meta, no training state, verified."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ckpttool.cli.common import Command, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from ckpttool.surgery.publish import PublishReport
 
 
 @click.command("publish", cls=Command, epilog=examples(
@@ -31,26 +36,26 @@ def publish_cmd(checkpoint, out, weights, dtype, dry_run, force, fmt):
     load_checkpoint, and is re-read and verified before it gets its name."""
     from ckpttool.surgery.publish import publish
 
-    result = publish(checkpoint, out, weights=weights or "default", dtype=dtype, force=force, dry_run=dry_run)
-    finish(result.to_dict(), tables(result.to_dict()), fmt)
+    report = publish(checkpoint, out, weights=weights or "default", dtype=dtype, force=force, dry_run=dry_run)
+    finish(report.to_dict(), tables(report), fmt)
 
 
-def tables(r: dict) -> list[Table]:
-    w, src, out = r["weights"], r["source"], r["output"]
+def tables(r: PublishReport) -> list[Table]:
+    w, src, out = r.weights, r.source, r.output
     rows = [["source", f"{src['path']} ({src['layout']}, {human_bytes(src['bytes'])}, sha256 {src['sha256'][:12]})"],
             ["weights", f"{w['choice']} from {w['section']}: {w['tensors']} tensors, {human_count(w['params'])} params"
-             + (f", cast to {r['cast']['dtype']} ({r['cast']['tensors']} tensors)" if r["cast"] else "")],
-            ["meta", ", ".join(r["meta_keys"]) or "-"]]
+             + (f", cast to {r.cast['dtype']} ({r.cast['tensors']} tensors)" if r.cast else "")],
+            ["meta", ", ".join(r.meta_keys) or "-"]]
     if out:
-        ratio = r["size"]["ratio"]
+        ratio = r.size["ratio"]
         rows.append(["written", f"{out['path']} (sha256 {out['sha256'][:12]})"])
         rows.append(["size", f"{human_bytes(src['bytes'])} -> {human_bytes(out['bytes'])} ({100 * ratio:.1f}%)"])
-        rows.append(["verified", "; ".join(r["verified"])])
+        rows.append(["verified", "; ".join(r.verified)])
     else:
         rows.append(["written", "nothing (--dry-run)"])
     head = Table(["", ""], rows)
     dropped = Table(["dropped", "holds", "tensors", "bytes"],
-                    [[d["section"], d["what"], d["tensors"], Cell(d["bytes"], human_bytes)] for d in r["dropped"]],
+                    [[d["section"], d["what"], d["tensors"], Cell(d["bytes"], human_bytes)] for d in r.dropped],
                     title="Not carried", primary=True)
-    dropped.notes.extend(r["notes"])
+    dropped.notes.extend(r.notes)
     return [head, dropped]

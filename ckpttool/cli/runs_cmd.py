@@ -2,13 +2,17 @@
 the lr / loss / grad_norm of each epoch, collapses and what explains them."""
 from __future__ import annotations
 
-import fnmatch
+from typing import TYPE_CHECKING
 
 import click
 
 from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, stream_label, stream_of
+
+if TYPE_CHECKING:
+    from ckpttool.workdirs.explain import ExplainReport
+    from ckpttool.workdirs.runs import RunsReport
 
 
 @click.command("runs", cls=Command, epilog=examples(
@@ -45,84 +49,23 @@ def runs_cmd(work_dir, metrics, mode, collapse_drop, collapse_min_points, fail_o
     if path_only and not best_metric:
         raise CkptError("--path goes with --best METRIC")
     show(work_dir, fmt, metrics=metrics, mode=mode, collapse_drop=collapse_drop, fail_on_collapse=fail_on_collapse,
-         min_points=collapse_min_points / 100, best_metric=best_metric, path_only=path_only, explain=explain,
-         depth=depth, plot=plot)
+         min_points=collapse_min_points / 100, best=best_metric, path_only=path_only, explain=explain, depth=depth,
+         plot=plot)
 
 
-def show(work_dir, fmt, metric=None, mode=None, collapse_drop=DEFAULT_COLLAPSE, fail_on_collapse=False,
-         metrics=(), min_points=MIN_POINTS, best_metric=None, path_only=False, explain=False, depth=None, plot=None):
-    """Scan and print (also used by `ckpt inspect DIR`)."""
-    from ckpttool.errors import CkptError
-    from ckpttool.workdirs.runs import best_checkpoint, scan
+def show(work_dir, fmt, path_only=False, explain=False, plot=None, **options):
+    """`list_runs` and print its report (also used by `ckpt inspect DIR`); `path_only`: just the best file."""
+    from ckpttool.workdirs.listing import list_runs
 
-    patterns = list(metrics or ()) + ([metric] if metric else [])
-    info = scan(work_dir, collapse_drop=collapse_drop, min_points=min_points)
-    if not info["rows"]:
-        raise CkptError(f"{work_dir}: no checkpoints (epoch_N/iter_N) and no validation logs found")
-    chosen = select_metrics(info, patterns)
-    from ckpttool.report.progress import warn
+    report = list_runs(work_dir, explain=explain and not path_only, plot=None if path_only else plot, **options)
+    if path_only:
+        from ckpttool.report.output import print_result
 
-    for c in info.get("checkpoints", []):
-        if c.get("safety") in ("code", "not verified"):
-            warn(f"{c['path']}: {c['safety_summary']}")
-    if mode:
-        info = scan(work_dir, collapse_drop=collapse_drop, min_points=min_points, modes={n: mode for n in chosen})
-    if best_metric:
-        path = best_checkpoint(info, best_metric)
-        if path_only:
-            from ckpttool.report.output import print_result
-
-            print_result(path)
-            return
-    if plot:
-        from ckpttool.report.plots import runs_figure
-
-        runs_figure(info, plot, chosen)
-    if explain:
-        from ckpttool.workdirs.explain import explain as explain_fn, require_events
-
-        require_events(info)
-        result = explain_fn(info, depth=depth)
-        finish(result, explain_tables(result), fmt, None)
-        return
-    if patterns:
-        info["metrics"] = {n: info["metrics"][n] for n in chosen}
-    info["shown"] = chosen
-    collapses = [dict(c, metric=m) for m, s in info["metrics"].items() for c in s["collapses"]]
-    failed = None
-    if fail_on_collapse and collapses:
-        failed = f"{len(collapses)} collapse(s), first: {collapses[0]['metric']} at {info['unit']} " \
-                 f"{collapses[0]['to_step']}"
-    finish(info, tables(info, chosen), fmt, failed)
-
-
-def select_metrics(info: dict, patterns) -> list[str]:
-    """Names matching --metric values (exact names or globs), in the order given; the default set otherwise:
-    every metric of a single-stream run, the top-1 of each stream (and the first fusion) of a multi-stream one."""
-    from ckpttool.errors import CkptError
-
-    names = list(info["metrics"])
-    if patterns:
-        out = []
-        for p in patterns:
-            hits = [p] if p in names else fnmatch.filter(names, p)
-            if not hits:
-                raise CkptError(f"metric {p!r} not logged in {info['work_dir']} (metrics: {', '.join(names) or 'none'})")
-            out += [h for h in hits if h not in out]
-        return out
-    if not info["streams"]:
-        return names
-    plain, fusion = [], []
-    for stream in sorted(info["streams"], key=_stream_order):
-        kinds = info["streams"][stream]
-        top = next((n for n in kinds if stream_of(n)[1] == "top1"), kinds[0])
-        (fusion if stream.lower().startswith("rgbpose") else plain).append(top)
-    return plain + fusion[:1]
-
-
-def _stream_order(stream: str):
-    low = stream.lower()
-    return (low.startswith("rgbpose"), {"rgb": 0, "pose": 1}.get(low, 2), stream)
+        print_result(report.best_path)
+    elif explain:
+        finish(report.to_dict(), explain_tables(report), fmt)
+    else:
+        finish(report.to_dict(), tables(report, report.shown), fmt, report.failed)
 
 
 def value(v, percent: bool) -> Cell:
@@ -147,58 +90,58 @@ def _short(name: str, grouped: bool) -> str:
     return stream_label(stream) + ("" if kind == "top1" else f" {kind}") if grouped and stream else name
 
 
-def tables(r: dict, names: list[str] | None = None) -> list[Table]:
-    names = list(r["metrics"]) if names is None else [n for n in names if n in r["metrics"]]
-    grouped = bool(r.get("streams"))
-    train = [k for k in ("lr", "loss", "grad_norm") if any(k in row["train"] for row in r["rows"])]
-    multi_run = sum(1 for x in r.get("runs", []) if x["current"]) > 1
-    heads = ["epoch" if r["unit"] == "epoch" else "iter"] + ([] if grouped else ["iter"] if r["unit"] == "epoch"
+def tables(r: RunsReport, names: list[str] | None = None) -> list[Table]:
+    names = list(r.metrics) if names is None else [n for n in names if n in r.metrics]
+    grouped = bool(r.streams)
+    train = [k for k in ("lr", "loss", "grad_norm") if any(k in row["train"] for row in r.rows)]
+    multi_run = sum(1 for x in r.runs if x["current"]) > 1
+    heads = ["epoch" if r.unit == "epoch" else "iter"] + ([] if grouped else ["iter"] if r.unit == "epoch"
                                                              else []) + ["checkpoint"]
     if not grouped:
         heads.append("size")
     if multi_run:
         heads.append("run")
-    heads += [_head(n, r["metrics"][n], grouped) for n in names]
+    heads += [_head(n, r.metrics[n], grouped) for n in names]
     heads += [("grad" if k == "grad_norm" and grouped else k) for k in train] + ["flags"]
     rows = []
-    for row in r["rows"]:
+    for row in r.rows:
         flags = [] if grouped else [f"best {n}" for n in row["best"] if n in names]
         flags += [] if grouped else [f"collapse {n}" for n in row["collapse"] if n in names]
         flags += [f.replace("grad_norm", "grad") for f in row.get("flags", [])] if grouped else row.get("flags", [])
         flags += [f"also {b}" for b in row["best_files"]] if not grouped else []
-        cells = [row["step"] if r["unit"] == "iter" else (row["epoch"] if row["epoch"] is not None else "-")]
-        if not grouped and r["unit"] == "epoch":
+        cells = [row["step"] if r.unit == "iter" else (row["epoch"] if row["epoch"] is not None else "-")]
+        if not grouped and r.unit == "epoch":
             cells.append(row["iter"] if row["iter"] is not None else "-")
         cells.append(row["checkpoint"] or "-")
         if not grouped:
             cells.append(Cell(row["bytes"] or None, human_bytes))
         if multi_run:
             cells.append(_run_label(row["run"]))
-        cells += [_marked(value(row["metrics"].get(n), r["metrics"][n]["percent"]), _marks(row, n, grouped))
+        cells += [_marked(value(row["metrics"].get(n), r.metrics[n]["percent"]), _marks(row, n, grouped))
                   for n in names]
         cells += [Cell(row["train"].get(k), lambda x, d=3 if k != "lr" else 4: fmt_num(x, d)) for k in train]
         cells.append("; ".join(flags))
         rows.append(cells)
-    notes = [f"metrics from {_sources(r['sources'])}" if r["sources"] else "no validation metrics logged"]
+    notes = [f"metrics from {_sources(r.sources)}" if r.sources else "no validation metrics logged"]
     if grouped:
         notes.append("* best of the column, v collapse (worse by more than the threshold)")
     if train:
         notes.append("lr: in effect during the epoch (train/lr, group 0); loss, grad_norm: epoch means")
     for n in names:
-        s = r["metrics"][n]
+        s = r.metrics[n]
         for c in s["collapses"]:
             notes.append(f"collapse: {n} {value(c['from'], s['percent'])} -> {value(c['to'], s['percent'])} "
-                         f"({r['unit']} {c['from_step']} -> {c['to_step']}, {100 * c['drop']:.0f}% worse)")
-    notes += [f"warning: {w}" for w in r.get("warnings", [])]
-    out = [Table(heads, rows, title=f"Runs in {r['work_dir']}", primary=True, notes=notes)]
+                         f"({r.unit} {c['from_step']} -> {c['to_step']}, {100 * c['drop']:.0f}% worse)")
+    notes += [f"warning: {w}" for w in r.warnings]
+    out = [Table(heads, rows, title=f"Runs in {r.work_dir}", primary=True, notes=notes)]
     best = [[n, s["mode"], value(s["best"]["value"], s["percent"]) if s["best"] else "-",
              s["best"]["step"] if s["best"] else "-", (s["best"] or {}).get("checkpoint") or "-"]
-            for n, s in r["metrics"].items() if n in names]
+            for n, s in r.metrics.items() if n in names]
     if best:
-        out.append(Table(["metric", "mode", "best", r["unit"], "checkpoint"], best, title="Best per metric"))
-    if r.get("abandoned"):
-        arows = [[a["run"], a["step"], a.get("checkpoint") or "-"] for a in r["abandoned"]]
-        out.append(Table(["run", r["unit"], "checkpoint"], arows, title="Left out: evaluations/checkpoints of runs "
+        out.append(Table(["metric", "mode", "best", r.unit, "checkpoint"], best, title="Best per metric"))
+    if r.abandoned:
+        arows = [[a["run"], a["step"], a.get("checkpoint") or "-"] for a in r.abandoned]
+        out.append(Table(["run", r.unit, "checkpoint"], arows, title="Left out: evaluations/checkpoints of runs "
                                                                         "the current run does not continue"))
     return out
 
@@ -233,12 +176,12 @@ def _sources(sources: list[str]) -> str:
     return ", ".join(f"{d}/ ({', '.join(v)})" if d else ", ".join(v) for d, v in by.items())
 
 
-def explain_tables(x: dict) -> list[Table]:
+def explain_tables(x: ExplainReport) -> list[Table]:
     from ckpttool.cli.diff_cmd import module_table
 
     out = []
-    for c in x["collapses"]:
-        unit = x["unit"]
+    for c in x.collapses:
+        unit = x.unit
         drops = ", ".join(f"{stream_label(m['stream']) or m['metric']} {m['change']:+.1f}"
                           f"{' points' if m['percent'] else ''}" for m in c["streams"])
         head = [["what", f"{unit} {c['from_step']} -> {c['step']}: {drops}"]]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.io import load
 from ckpttool.io.dtypes import widen_bfloat16
+from ckpttool.report.result import Report, extra
 from ckpttool.summary.tree import default_depth, module_of
 
 # A float32 square below 2**-60 may hold subnormal terms (|x| < 2**-63 squares below float32's smallest normal,
@@ -159,15 +161,44 @@ def _nonfinite_chunk(x, y, st: PairStats, atol: float, rtol: float) -> None:
 
 
 # --- the whole diff -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffReport(Report):
+    """What `diff` found; `to_dict()` is the `ckpt diff --format json` object (keys: docs/diff.md)."""
+
+    a: dict                        # path, format, layout, section, stripped_prefix, tensors, bytes
+    b: dict                        # the same, plus the `map` rules applied to B's keys
+    depth: int
+    atol: float
+    rtol: float
+    only_in_a: list
+    only_in_b: list
+    shape_mismatch: list           # [{key, a, b}]
+    dtype_mismatch: list           # [{key, a, b}]
+    compared: int
+    identical_tensors: int
+    modules: list                  # ranked: NaN/Inf new in B first, then by relative L2 change
+    changed_tensors: list
+    nonfinite_in_b: list
+    meta: dict                     # {a, b, changed}
+    notes: list
+    config: list | None = None     # with config (or config_a/config_b): the config keys that differ
+    failed: str | None = extra()   # with fail_on: the one-line reason (`failures`), or None
+
+
 def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | None = None,
          section_b: str | None = None, maps=(), atol: float = 0.0, rtol: float = 0.0, config: bool = False,
-         config_a: str | None = None, config_b: str | None = None, progress: bool | None = None) -> dict:
-    """Compare two checkpoints; returns the `ckpt diff --format json` object (see docs/diff.md).
-    `progress`: a bar of the bytes compared (both files' tensors; ckpttool.report.progress)."""
+         config_a: str | None = None, config_b: str | None = None, progress: bool | None = None,
+         fail_on=()) -> DiffReport:
+    """Compare two checkpoints (`ckpt diff`); `.to_dict()` is the `--format json` object (see docs/diff.md).
+    `fail_on`: kinds (a list, or the CLI's comma-separated text) whose differences fail the check: `.failed`
+    says why (`config` compares the configs too). `progress`: a bar of the bytes compared (both files' tensors;
+    ckpttool.report.progress)."""
     from ckpttool.report.progress import track
 
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise CkptError(f"--atol/--rtol must be finite and >= 0 (got {atol}, {rtol})")
+    kinds = parse_fail_on(fail_on)
+    config = config or "config" in kinds
     ck_a, ck_b = load(path_a), load(path_b)
     ck_a.require_safe()
     ck_b.require_safe()
@@ -207,7 +238,7 @@ def diff(path_a: str, path_b: str, depth: int | None = None, section_a: str | No
 
         result["config"], notes = config_diff(ck_a, ck_b, config_a, config_b)
         result["notes"] += notes
-    return result
+    return DiffReport.from_dict(result, failed=failures(result, kinds))
 
 
 class ModuleStats:
@@ -320,8 +351,9 @@ def meta_diff(meta_a: dict, meta_b: dict) -> dict:
     return {"a": a, "b": b, "changed": [k for k in META_KEYS if (k in a or k in b) and a.get(k) != b.get(k)]}
 
 
-def parse_fail_on(text: str | None) -> list[str]:
-    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
+def parse_fail_on(text) -> list[str]:
+    """`--fail-on` kinds from `"keys,shapes"` (or a list of kinds), checked."""
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text or ()) if k.strip()]
     bad = [k for k in kinds if k not in FAIL_KINDS]
     if bad:
         raise CkptError(f"--fail-on: unknown kind {bad[0]!r} (choose from {', '.join(FAIL_KINDS)})")

@@ -3,21 +3,64 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.io import StateDict, load
+from ckpttool.report.result import Report, extra
 from ckpttool.summary import training
 from ckpttool.summary.stats import Moments, tensor_moments
 from ckpttool.summary.tree import default_depth, filter_keys, module_of, module_rows
 
 SIBLING_OUTLIER = 10.0  # a module whose RMS is this many times its siblings' median is flagged
+STAT_KEYS = ("min", "max", "mean", "std", "l2", "rms")  # the value statistics of a module row
+
+
+@dataclass(frozen=True)
+class InspectReport(Report):
+    """What `inspect` found; `to_dict()` is the `ckpt inspect --format json` object (keys: docs/inspect.md)."""
+
+    path: str
+    format: str
+    file_bytes: int
+    layout: str
+    meta: dict
+    weights_key: str | None
+    stripped_prefix: str | None
+    num_tensors: int
+    total_params: int
+    total_bytes: int
+    depth: int
+    modules: list
+    sections: dict
+    optimizer: dict | None
+    schedulers: list
+    scalars: dict
+    ema: dict | None
+    foreign_globals: list
+    suspicious_globals: list
+    trusted: bool
+    safety: dict                   # verdict, summary, globals
+    notes: list
+    special_tensors: list | None = None
+    config: str | None = None      # with config=True: the embedded training config (meta.cfg)
+    keys: list | None = None       # with keys=True: one row per tensor
+    nonfinite: list | None = None  # with stats or check_finite: [{key, nan, inf}] of tensors holding NaN/Inf
+    failed: str | None = extra()   # with check_finite: why the check failed, or None
+
+    @property
+    def verdict(self) -> str:
+        """'data', 'not verified' or 'code' (see docs/security.md)."""
+        return self.safety["verdict"]
 
 
 def inspect(path: str, depth: int | None = None, filter: str | None = None, keys: bool = False,
             config: bool = False, stats: bool = False, section: str | None = None, trust: bool = False,
-            on_tensor=None, progress: bool | None = None) -> dict:
-    """Describe a checkpoint as a plain dict (the `ckpt inspect --format json` object).
-    `progress`: with `stats`, a bar of the bytes read (ckpttool.report.progress)."""
+            on_tensor=None, progress: bool | None = None, check_finite: bool = False) -> InspectReport:
+    """Describe a checkpoint (`ckpt inspect`); `.to_dict()` is the `--format json` object.
+    `check_finite`: read the values for NaN/Inf only (`.nonfinite`; `.failed` says which when there are any; the
+    module rows carry no statistics unless `stats`). `progress`: when values are read, a bar of the bytes read
+    (ckpttool.report.progress)."""
     ck = load(path, trust=trust)
     notes = list(ck.layout.notes) + list(ck.judge.notes)
     try:
@@ -63,9 +106,15 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
     if keys:
         result["keys"] = [{"key": k, "shape": list(t.shape), "dtype": t.dtype, "params": t.numel,
                            "kind": "param" if t.is_param else "tensor"} for k, t in shown.items()]
-    if stats:
+    if stats or check_finite:
         _add_stats(result, shown, depth, on_tensor, progress)
-    return result
+    if check_finite and not stats:  # --check-finite alone: the plain module rows
+        for row in result["modules"]:
+            for k in STAT_KEYS:
+                row.pop(k, None)
+    bad = result.get("nonfinite") if check_finite else None
+    failed = f"{len(bad)} tensor(s) hold NaN/Inf, first: {bad[0]['key']}" if bad else None
+    return InspectReport.from_dict(result, failed=failed)
 
 
 def special_tensors(sd) -> list[dict]:

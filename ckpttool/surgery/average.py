@@ -16,10 +16,12 @@ import re
 import threading
 import zlib
 from collections import deque
+from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.io.hashing import digest
+from ckpttool.report.result import Report
 
 CHUNK = 1 << 16  # elements per accumulation chunk: 512 KiB of float64, accumulator and widened input fit in L2
                  # (thread CPU time of 8 x 145 MB: 64K 0.21-0.24 s, 16K 0.29-0.30 s, 256K 0.30-0.35 s)
@@ -287,10 +289,40 @@ def _mapped_file(path: str, sd):
 
 
 # --- the command ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AverageReport(Report):
+    """What `average` (and `greedy_soup`, `run_average`) did; `to_dict()` is the `ckpt average --format json`
+    object (keys: docs/average.md)."""
+
+    output: str                    # the absolute path written
+    bytes: int
+    tensors: int
+    method: str                    # uniform | weighted | greedy-soup
+    inputs: list                   # [{path, sha256, weight, epoch, iter, …}]
+    section: str
+    int_buffers: str
+    dtype: str
+    averaged: int                  # floating tensors averaged
+    picked: int                    # integer/bool tensors taken by `int_buffers`
+    skipped: list                  # keys left out (intersection=True), with the reason
+    warnings: list
+    state_dict_bytes: int
+    stripped_prefixes: list
+    bn_stale: bool                 # BatchNorm statistics are averages, not statistics of the averaged weights
+    notes: list
+    metric: str | None = None      # greedy soups, and inputs chosen from a work_dir: the metric
+    mode: str | None = None        # greedy soups: max | min
+    soup_metric: float | None = None
+    steps: list | None = None      # greedy soups: [{candidate, metric, soup_metric, kept}] best-first
+    ingredients: list | None = None
+    update_bn: dict | None = None  # with update_bn=CONFIG: config, batches, bn_layers, tensors …
+    selected: list | None = None   # inputs chosen from a work_dir: [{checkpoint, epoch, iter, metric}]
+
+
 def average(paths, out: str, weights=None, section: str | None = None, int_buffers: str = "last",
             dtype: str = "keep", intersection: bool = False, force: bool = False, method: str | None = None,
-            extra_meta: dict | None = None, hash_inputs: bool = True, progress: bool | None = None) -> dict:
-    """Average `paths` into `out` (`{"meta", "state_dict"}` torch zip, or .safetensors). Returns the report.
+            extra_meta: dict | None = None, hash_inputs: bool = True, progress: bool | None = None) -> AverageReport:
+    """Average `paths` into `out` (`{"meta", "state_dict"}` torch zip, or .safetensors); returns an AverageReport.
     `progress`: bars of the bytes averaged and written, then verified (ckpttool.report.progress)."""
     from ckpttool.io.write import check_output
 
@@ -355,7 +387,7 @@ def average(paths, out: str, weights=None, section: str | None = None, int_buffe
         result["notes"].append(f"{len(bn)} BatchNorm statistics tensors are averages of the inputs' running "
                                "statistics, not statistics of the averaged weights: recalibrate with --update-bn "
                                "CONFIG (docs/average.md)")
-    return result
+    return AverageReport.from_dict(result)
 
 
 def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digests=None, progress=None) -> dict:

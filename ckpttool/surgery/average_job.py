@@ -2,13 +2,19 @@
 BatchNorm, publish the output atomically."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ckpttool.errors import CkptError
+
+if TYPE_CHECKING:
+    from ckpttool.surgery.average import AverageReport
 
 
 def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metric=None, mode=None, weights=None,
                 select_metric=None, greedy=False, eval_cmd=None, update_bn=None, bn_batches=100, cfg_options=None,
-                force=False, device=None, progress=None, **common) -> dict:
-    """What ``ckpt average`` does, for scripts and notebooks; returns its ``--format json`` object.
+                force=False, device=None, progress=None, **common) -> AverageReport:
+    """What ``ckpt average`` does, for scripts and notebooks; returns an
+    :class:`~ckpttool.surgery.average.AverageReport` (``.to_dict()``: the ``--format json`` object).
 
     ``paths``: checkpoints, or ``work_dir`` with ``last=N`` / ``best=N, metric=NAME`` (``greedy``: every
     checkpoint of the work_dir is a candidate). ``common``: ``section``, ``int_buffers``, ``dtype``,
@@ -26,8 +32,8 @@ def run_average(paths=(), out=None, *, work_dir=None, last=None, best=None, metr
     result = _with_update_bn(paths, out, update_bn, bn_batches, cfg_options, force, job, device) if update_bn \
         else _average(paths, out, force, **job)
     if selected is not None:
-        result["selected"] = selected
-        result.setdefault("metric", select_metric or metric)
+        chosen_by = {} if "metric" in result else {"metric": select_metric or metric}
+        result = result.updated(selected=selected, **chosen_by)
     return result
 
 
@@ -46,7 +52,7 @@ def _inputs(paths, work_dir, last, best, metric, mode, greedy):
     return paths, known, selected
 
 
-def _with_update_bn(paths, out, config, batches, cfg_options, force, job, device=None) -> dict:
+def _with_update_bn(paths, out, config, batches, cfg_options, force, job, device=None) -> AverageReport:
     """Average into a scratch file next to ``out``, recalibrate it, then publish: ``out`` appears only when done."""
     from ckpttool.integrations.openmmlab import load_config, resolve_device
     from ckpttool.io.write import check_output, publish_file, scratch_file
@@ -57,16 +63,15 @@ def _with_update_bn(paths, out, config, batches, cfg_options, force, job, device
     load_config(config, cfg_options)  # a bad config fails before any work
     with scratch_file(final, ".safetensors" if final.endswith(".safetensors") else "") as tmp:
         result = _average(paths, tmp, False, **job)
-        result["update_bn"] = update_bn(tmp, config, batches, cfg_options, device, job["progress"])
+        bn = update_bn(tmp, config, batches, cfg_options, device, job["progress"])
         publish_file(tmp, final, force=force, inputs=paths)
-    result.update(output=final, bn_stale=False)
-    result["notes"] = [n for n in result["notes"] if "BatchNorm" not in n]
-    result["notes"].append(f"BatchNorm statistics recalibrated on {result['update_bn']['batches']} "
-                           "batch(es) of the config's train_dataloader")
-    return result
+    notes = [n for n in result.notes if "BatchNorm" not in n]
+    notes.append(f"BatchNorm statistics recalibrated on {bn['batches']} batch(es) of the config's train_dataloader")
+    return result.updated(update_bn=bn, output=final, bn_stale=False, notes=notes)
 
 
-def _average(paths, out, force, *, weights, greedy, metric, mode, eval_cmd, known, progress=None, **common) -> dict:
+def _average(paths, out, force, *, weights, greedy, metric, mode, eval_cmd, known, progress=None,
+             **common) -> AverageReport:
     from ckpttool.surgery.average import average
     from ckpttool.workdirs import runs
 

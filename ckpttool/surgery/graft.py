@@ -14,6 +14,7 @@ from ckpttool.errors import CkptError
 from ckpttool.io.hashing import digest
 from ckpttool.report.output import human_count
 from ckpttool.report.progress import log
+from ckpttool.report.result import Report
 from ckpttool.summary.tree import default_depth, module_of
 from ckpttool.surgery import rules as R
 
@@ -169,6 +170,30 @@ def _inflation_matches(out, source) -> bool:
 
 
 # --- report ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GraftReport(Report):
+    """What `graft` / `run` did; `to_dict()` is the `ckpt graft --format json` object (keys: docs/graft.md)."""
+
+    source: list                   # per source: prefix, path, sha256, format, layout, stripped_prefix, tensors, params
+    target: dict                   # kind, spec, tensors, params
+    loaded: dict                   # tensors, params, percent
+    new: dict                      # tensors, params, modules, init (per kind), without_init_rule
+    mismatched: list               # [{key, source, source_shape, target_shape, action, init}]
+    unused: list                   # source tensors nothing loaded from
+    depth: int
+    modules: list
+    rules: list                    # [{rule, value, text, matched}] in order
+    on_shape_mismatch: str
+    inflate: bool
+    notes: list
+    summary: str                   # the one-line result
+    keys: list | None = None       # with keys=True: one row per target tensor
+    dry_run: bool = False
+    output: dict | None = None     # with out=…: path, tensors, bytes, verified; None when nothing was written
+    failed: str | None = None      # a fail_on check that failed (nothing is applied then), or None
+    verified: list | None = None   # without out (and not a dry run): the checks of the in-memory result
+
+
 def build_report(plan: R.Plan, sources: list[Source], target, depth: int | None = None,
                  keys: bool = False, progress: bool | None = None) -> dict:
     entries = plan.entries
@@ -326,8 +351,8 @@ def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, ta
 def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
         seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=(), progress=None,
         build="auto"):
-    """Everything the CLI does. Returns (values, report); values are lazy (TensorRef for loaded tensors), None
-    when nothing was applied (dry run, or a `fail_on` check failed: then report["failed"] says why).
+    """Everything `ckpt graft` does. Returns (values, GraftReport); values are lazy (TensorRef for loaded tensors),
+    None when nothing was applied (dry run, or a `fail_on` check failed: then `report.failed` says why).
     `progress`: bars of the bytes read (hashing the sources), written and verified (ckpttool.report.progress)."""
     from ckpttool.io.write import check_output
     from ckpttool.surgery.target import resolve_target
@@ -349,7 +374,7 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
     report = build_report(plan, sources, tgt, depth, keys, progress)
     report.update(dry_run=bool(dry_run), output=None, failed=failures(report, fail_on))
     if dry_run or report["failed"]:
-        return None, report
+        return None, GraftReport.from_dict(report)
     if hasattr(tgt, "materialise"):  # a target built on meta: only what the plan initialises becomes real
         tgt.materialise([e.key for e in plan.entries if e.action not in ("copy", "inflate")])
         report["target"] = tgt.describe()
@@ -357,10 +382,10 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
     values = apply(plan, src, tgt)
     if out is None:
         report["verified"] = verify(values, plan, src, tgt)
-        return values, report
-    log(f"graft: writing and verifying {out}")
-    report["output"] = write(out, values, output_meta(sources, report), plan, src, tgt, inputs, force, progress)
-    return values, report
+    else:
+        log(f"graft: writing and verifying {out}")
+        report["output"] = write(out, values, output_meta(sources, report), plan, src, tgt, inputs, force, progress)
+    return values, GraftReport.from_dict(report)
 
 
 FAIL_ON = ("new", "mismatched", "unused")
@@ -378,7 +403,7 @@ def failures(report: dict, checks) -> str | None:
 
 def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
           seed=0, depth=None, keys=False, out=None, force=False, progress=None, build="auto"):
-    """Graft `source` into `target`; returns (state_dict of torch tensors, report dict).
+    """Graft `source` into `target`; returns (state_dict of torch tensors, GraftReport).
 
     source: a checkpoint path, or {prefix: path} for several. target: an mmengine config (.py, with
     `cfg_options`), `package.module:function`, a template checkpoint, or an nn.Module. rules: in order, as

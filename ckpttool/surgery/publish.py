@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.io.hashing import digest
+from ckpttool.report.result import Report
 
 WEIGHTS = ("default", "ema", "raw")
 DTYPES = ("float16", "bfloat16")
@@ -36,32 +37,31 @@ class Dropped:
     what: str
 
 
-@dataclass
-class PublishResult:
-    """What `publish` did. `to_dict()` is the `--format json` object."""
-    source: dict                       # path, sha256, bytes, format, layout
-    weights: dict                      # choice ('ema'|'raw'|'weights'), section, note
-    output: dict | None                # path, sha256, bytes, format, tensors, params, dtype; None on a dry run
-    meta_keys: list = field(default_factory=list)
-    dropped: list = field(default_factory=list)
-    cast: dict | None = None           # {"dtype", "tensors"} when --dtype was given
-    verified: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    dry_run: bool = False
+@dataclass(frozen=True)
+class PublishReport(Report):
+    """What `publish` did; `to_dict()` is the `ckpt publish --format json` object (keys: docs/publish.md)."""
+
+    source: dict                   # path, sha256, bytes, format, layout
+    weights: dict                  # choice ('ema'|'raw'|'weights'), section, tensors, params
+    output: dict | None            # path, sha256, bytes, tensors, params, format, dtype; None on a dry run
+    meta_keys: list
+    dropped: list                  # [{section, tensors, bytes, what}]: the entries not carried
+    cast: dict | None              # {"dtype", "tensors"} when a dtype was given
+    verified: list
+    notes: list
+    dry_run: bool
+    size: dict                     # before, after (None on a dry run), ratio
 
     @property
     def bytes_before(self) -> int:
-        return self.source["bytes"]
+        return self.size["before"]
 
     @property
     def bytes_after(self) -> int | None:
-        return self.output["bytes"] if self.output else None
+        return self.size["after"]
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["size"] = {"before": self.bytes_before, "after": self.bytes_after,
-                     "ratio": (self.bytes_after / self.bytes_before) if self.output and self.bytes_before else None}
-        return d
+
+PublishResult = PublishReport  # its name before the typed results had a common base
 
 
 # --- plan -----------------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def default_name(source: str, sha256: str, ext: str = ".pth") -> str:
 
 
 def publish(source, out=None, *, weights: str = "default", dtype: str | None = None, force: bool = False,
-            dry_run: bool = False) -> PublishResult:
+            dry_run: bool = False) -> PublishReport:
     """Publish the training checkpoint `source`: its weights (`weights`: 'default' = what evaluation loads,
     'ema', 'raw'), optionally cast to `dtype` ('float16'/'bfloat16', floating tensors only), plus its meta, and
     nothing else (no optimizer, schedulers, message_hub, other weight copy).
@@ -287,13 +287,11 @@ def publish(source, out=None, *, weights: str = "default", dtype: str | None = N
         notes.append(f"prefix {sd.stripped_prefix!r} removed from every key")
     if sd.extras:
         notes.append(f"non-tensor entries of {section} not carried: {', '.join(sorted(sd.extras))}")
-    result = PublishResult(source={"path": os.path.abspath(source), "sha256": src_sha, "bytes": ck.file_bytes,
-                                   "format": ck.format, "layout": ck.layout.kind},
-                           weights={"choice": choice, "section": section, "tensors": len(sd),
-                                    "params": sd.total_params},
-                           output=None, meta_keys=sorted(meta), dropped=dropped, notes=notes, dry_run=dry_run)
+    src = {"path": os.path.abspath(source), "sha256": src_sha, "bytes": ck.file_bytes, "format": ck.format,
+           "layout": ck.layout.kind}
+    chosen = {"choice": choice, "section": section, "tensors": len(sd), "params": sd.total_params}
     if dry_run:
-        return result
+        return _report(src, chosen, sorted(meta), dropped, notes, dry_run)
     crcs: dict = {}
     counter = [0]
     items = list(out_tensors(sd, dtype, crcs, counter))
@@ -316,9 +314,18 @@ def publish(source, out=None, *, weights: str = "default", dtype: str | None = N
             sha = digest(tmp)
             final = publish_file(tmp, os.path.join(directory, default_name(source, sha)), force=force,
                                  inputs=[source])
-    result.output = {"path": final, "sha256": sha, "bytes": info["bytes"], "tensors": info["tensors"],
-                     "params": sd.total_params, "format": "safetensors" if final.endswith(".safetensors")
-                     else "torch-zip", "dtype": dtype}
-    result.cast = {"dtype": dtype, "tensors": counter[0]} if dtype else None
-    result.verified = ["every byte reads back as written"] + checks
-    return result
+    output = {"path": final, "sha256": sha, "bytes": info["bytes"], "tensors": info["tensors"],
+              "params": sd.total_params, "format": "safetensors" if final.endswith(".safetensors") else "torch-zip",
+              "dtype": dtype}
+    return _report(src, chosen, sorted(meta), dropped, notes, dry_run, output,
+                   {"dtype": dtype, "tensors": counter[0]} if dtype else None,
+                   ["every byte reads back as written"] + checks)
+
+
+def _report(source: dict, weights: dict, meta_keys: list, dropped: list, notes: list, dry_run: bool,
+            output: dict | None = None, cast: dict | None = None, verified=()) -> PublishReport:
+    before, after = source["bytes"], output["bytes"] if output else None
+    return PublishReport.from_dict({
+        "source": source, "weights": weights, "output": output, "meta_keys": meta_keys, "dropped": dropped,
+        "cast": cast, "verified": list(verified), "notes": notes, "dry_run": dry_run,
+        "size": {"before": before, "after": after, "ratio": after / before if output and before else None}})

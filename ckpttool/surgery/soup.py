@@ -10,7 +10,7 @@ import subprocess
 
 from ckpttool.errors import CkptError
 from ckpttool.report.progress import log
-from ckpttool.surgery.average import average
+from ckpttool.surgery.average import AverageReport, average
 
 
 def run_eval(cmd: str, path: str, metric: str) -> float:
@@ -56,9 +56,10 @@ def _lookup(obj: dict, metric: str):
 
 
 def greedy_soup(candidates: list[str], out: str, eval_cmd: str, metric: str, mode: str = "max",
-                known: dict | None = None, force: bool = False, **avg_kwargs) -> dict:
-    """Greedy soup of `candidates` (paths, in training order) into `out`. `known` maps path -> metric used for the
-    ordering (e.g. from the work_dir logs); candidates without one are evaluated with `eval_cmd`."""
+                known: dict | None = None, force: bool = False, **avg_kwargs) -> AverageReport:
+    """Greedy soup of `candidates` (paths, in training order) into `out`; returns an AverageReport (`.steps`,
+    `.ingredients`, `.soup_metric`). `known` maps path -> metric used for the ordering (e.g. from the work_dir
+    logs); candidates without one are evaluated with `eval_cmd`."""
     from ckpttool.io.write import check_output, scratch_file
 
     if "{ckpt}" not in (eval_cmd or ""):
@@ -97,5 +98,4 @@ def greedy_soup(candidates: list[str], out: str, eval_cmd: str, metric: str, mod
     extra = {"greedy": {"metric": metric, "mode": mode, "eval_cmd": eval_cmd, "soup_metric": soup_metric,
                         "steps": [dict(s, candidate=os.path.abspath(s["candidate"])) for s in steps]}}
     result = average(ingredients, out, method="greedy-soup", extra_meta=extra, force=force, **avg_kwargs)
-    result.update(metric=metric, mode=mode, soup_metric=soup_metric, steps=steps, ingredients=ingredients)
-    return result
+    return result.updated(metric=metric, mode=mode, soup_metric=soup_metric, steps=steps, ingredients=ingredients)

@@ -8,7 +8,10 @@ checkpoint to restart from (the best of the main metric before the collapse).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ckpttool.errors import CkptError
+from ckpttool.report.result import Report
 from ckpttool.workdirs.runs import stream_of
 
 AROUND = 1   # epochs shown before and after a collapse
@@ -25,8 +28,19 @@ def main_metric(info: dict) -> str | None:
     return names[0] if names else None
 
 
-def explain(info: dict, depth: int | None = None, top: int = 8) -> dict:
-    """The `--explain` object for a `scan()` result."""
+@dataclass(frozen=True)
+class ExplainReport(Report):
+    """`ckpt runs --explain`; `to_dict()` is its `--format json` object (keys: docs/runs.md)."""
+
+    work_dir: str
+    unit: str
+    metric: str | None             # the metric a restart is chosen by
+    collapses: list                # per collapse: step, from_step, streams, metrics, training, weights, config, …
+    warnings: list
+
+
+def explain(info, depth: int | None = None, top: int = 8) -> ExplainReport:
+    """The `--explain` report of a `scan()` result."""
     from ckpttool.comparison.diff import diff
 
     rows = {r["step"]: r for r in info["rows"]}
@@ -43,18 +57,18 @@ def explain(info: dict, depth: int | None = None, top: int = 8) -> dict:
                  "runs": [a["run"] if a else None, b["run"] if b else None]}
         if a and b and a["path"] and b["path"]:
             d = diff(a["path"], b["path"], depth=depth, config=True)
-            entry["weights"] = {"a": a["path"], "b": b["path"], "depth": d["depth"], "modules": d["modules"][:top],
-                                "modules_total": len(d["modules"]), "nonfinite_in_b": d["nonfinite_in_b"],
-                                "changed_tensors": d["changed_tensors"][:top]}
-            entry["config"] = [c for c in d.get("config", [])]
-            entry["notes"] = d["notes"]
+            entry["weights"] = {"a": a["path"], "b": b["path"], "depth": d.depth, "modules": d.modules[:top],
+                                "modules_total": len(d.modules), "nonfinite_in_b": d.nonfinite_in_b,
+                                "changed_tensors": d.changed_tensors[:top]}
+            entry["config"] = list(d.config or [])
+            entry["notes"] = d.notes
         else:
             entry["notes"] = [f"no checkpoint on {'both sides' if not (a and a['path']) and not (b and b['path']) else 'one side'}"
                               f" of {info['unit']} {ev['from_step']} -> {ev['step']}: no weight diff"]
         entry["restart_from"] = _restart(info, metric, ev["from_step"])
         out.append(entry)
-    return {"work_dir": info["work_dir"], "unit": info["unit"], "metric": metric, "collapses": out,
-            "warnings": info["warnings"]}
+    return ExplainReport.from_dict({"work_dir": info["work_dir"], "unit": info["unit"], "metric": metric,
+                                    "collapses": out, "warnings": info["warnings"]})
 
 
 def _streams(ev: dict) -> list[dict]:

@@ -21,8 +21,10 @@ import glob
 import math
 import os
 import re
+from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
+from ckpttool.report.result import Report, extra
 
 CKPT_RE = re.compile(r"^(?:best_(?P<best>.+)_)?(?P<unit>epoch|iter)_(?P<step>\d+)\.(?:pth|pt|ckpt|safetensors)$")
 TIMM_RE = re.compile(r"^(?:checkpoint-(?P<step>\d+)|(?P<best>model_best)|(?P<last>last))\.pth\.tar$")
@@ -217,9 +219,42 @@ def _add_meta(row: dict) -> None:
             row["stored_metric"] = float(root["metric"])
 
 
+@dataclass(frozen=True)
+class RunsReport(Report):
+    """A work_dir as `scan` reads it (and `ckpttool.workdirs.listing.list_runs` shows it); `to_dict()` is the
+    `ckpt runs --format json` object (keys: docs/runs.md)."""
+
+    work_dir: str
+    unit: str                      # epoch | iter
+    sources: list                  # the logs and scalars.json files read
+    collapse_drop: float
+    metrics: dict                  # per metric: mode, evaluations, percent, best, collapses
+    streams: dict                  # multi-stream models: stream -> its metric names
+    rows: list                     # per evaluation/checkpoint of the current run's lineage, in training order
+    events: list                   # collapses grouped per step
+    checkpoints: list
+    last_checkpoint: str | None
+    runs: list                     # every run folder: name, experiment_name, resumes, steps, current
+    abandoned: list                # evaluations/checkpoints of runs the current one does not continue
+    warnings: list
+    shown: list | None = None      # list_runs: the metrics shown (chosen by name/glob, or the default set)
+    failed: str | None = extra()   # list_runs with fail_on_collapse: the collapses found, or None
+    best_path: str | None = extra()  # list_runs with best=METRIC: the file holding the best weights for it
+
+    @property
+    def best(self) -> dict:
+        """Per metric its best evaluation: {step, value, checkpoint, path} (None when never evaluated)."""
+        return {name: s["best"] for name, s in self.metrics.items()}
+
+    @property
+    def collapses(self) -> list:
+        """Every collapse of the metrics here, each with its `metric`."""
+        return [dict(c, metric=m) for m, s in self.metrics.items() for c in s["collapses"]]
+
+
 def scan(work_dir: str, collapse_drop: float = DEFAULT_COLLAPSE, modes: dict | None = None,
-         read_meta: bool = True, min_points: float = MIN_POINTS) -> dict:
-    """The `ckpt runs DIR` object: rows per evaluation/checkpoint of the current run's lineage (with the lr, loss
+         read_meta: bool = True, min_points: float = MIN_POINTS) -> RunsReport:
+    """What `ckpt runs DIR` reads: rows per evaluation/checkpoint of the current run's lineage (with the lr, loss
     and grad_norm of their epoch), best per metric, collapses (grouped per step in `events`), other runs apart."""
     work_dir = os.fspath(work_dir)
     if not os.path.isdir(work_dir):
@@ -296,12 +331,12 @@ def scan(work_dir: str, collapse_drop: float = DEFAULT_COLLAPSE, modes: dict | N
         warnings.append(f"evaluations of run(s) {', '.join(gone)} after the point the current run resumed from are "
                         f"left out")
     sources = [s for r in runs for s in r["sources"]]
-    return {"work_dir": work_dir, "unit": unit, "sources": sources, "collapse_drop": collapse_drop,
+    return RunsReport.from_dict({"work_dir": work_dir, "unit": unit, "sources": sources, "collapse_drop": collapse_drop,
             "metrics": metrics, "streams": streams(names), "rows": rows, "events": events(metrics, rows),
             "checkpoints": ckpts, "last_checkpoint": last,
             "runs": [{k: r[k] for k in ("name", "experiment_name", "resumed_from", "resume_step", "sources")}
                      | {"steps": sorted(r["evals"]), "current": r in lineage} for r in runs],
-            "abandoned": sorted(abandoned, key=lambda a: (a["run"] or "", a["step"])), "warnings": warnings}
+            "abandoned": sorted(abandoned, key=lambda a: (a["run"] or "", a["step"])), "warnings": warnings})
 
 
 def _row(unit: str, step: int) -> dict:
