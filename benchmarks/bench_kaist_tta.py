@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -71,7 +70,7 @@ def bench_sweep(man, out, n):
 
     from mmengine.config import Config
 
-    from ckpttool.integrations.mmdet import evaluate_detector
+    from ckpttool.engine.tasks import evaluate_detector
 
     config, ckpt, ann = (str(out / man[k]) for k in ("config", "checkpoint", "test_ann"))
     calls = _count_passes()

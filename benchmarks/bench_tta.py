@@ -4,7 +4,7 @@
 
 1. *Sweep vs separate runs* — RGBPoseConv3D (mmaction2's shipped config, scaled down as in the tests, RGB clips of
    8 frames at 64², pose heatmaps of 32 frames) on a synthetic NTU60 split whose RGB videos are decoded for real:
-   one ``evaluate_model(..., clips=[1, 3, 5, 10])`` process vs four processes each running mmaction2's own
+   one ``evaluate_recognizer(..., clips=[1, 3, 5, 10])`` process vs four processes each running mmaction2's own
    ``Runner.test()`` with ``num_clips=k`` (as four ``tools/test.py`` runs would). Wall time per process (start-up
    included) and inside it, and the part spent reading/decoding video (decord: opening readers + ``get_batch``).
 2. *Peak memory vs --views-per-batch* — the full-size PoseC3D SlowOnly-R50 of the shipped NTU60 config (48-frame
@@ -37,10 +37,10 @@ def _rss_mib() -> float:
 
 def worker_ours(spec: dict) -> dict:
     t0 = time.perf_counter()  # before the heavy imports, as in worker_mmaction
-    from ckpttool.integrations.mmaction_recognizer import evaluate_model
+    from ckpttool.engine.tasks import evaluate_recognizer
 
     config, options = _setups(spec["data"])[spec["setup"]]  # rebuilt here: JSON would turn tuples into lists
-    res = evaluate_model(config, spec["checkpoint"], spec["clips"], cfg_options=options,
+    res = evaluate_recognizer(config, spec["checkpoint"], spec["clips"], cfg_options=options,
                          views_per_batch=spec.get("views_per_batch"), limit=spec.get("limit"))
     return {"eval_s": time.perf_counter() - t0, "timing": res["timing"], "decode": res.get("decode"),
             "rows": {c["k"]: c["rows"] for c in res["clips"]}, "peak_rss_mib": _rss_mib()}

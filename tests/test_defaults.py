@@ -50,7 +50,7 @@ def test_cuda_asked_for_but_absent_is_one_line_exit_2(tmp_path, monkeypatch):
 
 def test_model_run_uses_the_resolved_device(tmp_path, monkeypatch):
     """`ckpt eval CONFIG CHECKPOINT` without --device: the library resolves it (cuda when present)."""
-    import ckpttool.integrations.mmaction_recognizer as tta
+    import ckpttool.engine.tasks as tta
 
     seen = {}
 
@@ -59,7 +59,7 @@ def test_model_run_uses_the_resolved_device(tmp_path, monkeypatch):
         return {"task": "ntu60", "clips": [{"k": 1, "rows": [{"name": "rgb", "top1": 1.0, "top5": 1.0,
                                                                "mean_class_accuracy": 1.0}]}]}
 
-    monkeypatch.setattr(tta, "evaluate_model", fake)
+    monkeypatch.setattr(tta, "evaluate_recognizer", fake)
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "c.py"), str(tmp_path / "m.pth")])
     assert res.exit_code == 0, res.stderr
     assert seen["device"] is None   # None = auto: resolve_device picks cuda when torch sees one

@@ -145,8 +145,8 @@ def test_save_metrics_refuses_to_overwrite(tmp_path):
     assert res.exit_code == 2 and "refusing to overwrite the input" in res.stderr
 
 
-def test_model_mode_calls_evaluate_model_and_renders_clips(tmp_path, monkeypatch):
-    import ckpttool.integrations.mmaction_recognizer as tta
+def test_model_mode_calls_evaluate_recognizer_and_renders_clips(tmp_path, monkeypatch):
+    import ckpttool.engine.tasks as tta
 
     calls = {}
     rows = [{"name": "rgb", "top1": 90.0, "top5": 99.0, "mean_class_accuracy": 89.0},
@@ -157,7 +157,7 @@ def test_model_mode_calls_evaluate_model_and_renders_clips(tmp_path, monkeypatch
         return {"task": "ntu60", "config": config, "checkpoint": checkpoint,
                 "clips": [{"k": k, "rows": [dict(r, top1=r["top1"] + k) for r in rows]} for k in kw["clips"]]}
 
-    monkeypatch.setattr(tta, "evaluate_model", fake)
+    monkeypatch.setattr(tta, "evaluate_recognizer", fake)
     cfg, ck = tmp_path / "cfg.py", tmp_path / "model.pth"
     plot = tmp_path / "clips.svg"
     res = ckpt(cfg, ck, "--clips", "1,3", "5", "--aggregate", "score", "--cfg-options", "a=1", "b=2", "--split",

@@ -11,7 +11,7 @@ pytest.importorskip("mmaction")
 pytest.importorskip("torch")
 
 from ckpttool.errors import CkptError  # noqa: E402
-from ckpttool.integrations.mmaction_recognizer import evaluate_model  # noqa: E402
+from ckpttool.engine.tasks import evaluate_recognizer  # noqa: E402
 from tests.support.ntu_fixtures import model_setups, ntu_workdir  # noqa: E402,F401  (ntu_workdir is a fixture)
 
 pytestmark = pytest.mark.mmaction
@@ -22,7 +22,7 @@ def test_dump_file_pkl_matches_tools_test_and_bar_ends_at_total(ntu_workdir, tmp
     config, options = model_setups(ntu_workdir["data"])["posec3d"]
     entry = ntu_workdir["models"]["posec3d"]
     out = tmp_path / "results.pkl"
-    res = evaluate_model(config, entry["checkpoint"], [3], cfg_options=options, limit=2, dump=str(out),
+    res = evaluate_recognizer(config, entry["checkpoint"], [3], cfg_options=options, limit=2, dump=str(out),
                          progress=True)
     assert out.is_file() and res["dump"] == [str(out)] and res["device"] == "cpu"
     with open(out, "rb") as fh:
@@ -39,4 +39,4 @@ def test_dump_file_pkl_matches_tools_test_and_bar_ends_at_total(ntu_workdir, tmp
     final = [seg for seg in re.split(r"[\r\n]", err) if seg.startswith("clips 3")][-1]
     assert "clips 3: 100%" in final and "2/2" in final and "samples/s" in final
     with pytest.raises(CkptError, match="one file holds one setting"):
-        evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, limit=1, dump=str(out))
+        evaluate_recognizer(config, entry["checkpoint"], [1, 3], cfg_options=options, limit=1, dump=str(out))

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from ckpttool.errors import CkptError  # noqa: E402
 from ckpttool.integrations import sampling  # noqa: E402
-from ckpttool.integrations.mmaction_recognizer import evaluate_model  # noqa: E402
+from ckpttool.engine.tasks import evaluate_recognizer  # noqa: E402
 from ckpttool.options import parse_clips  # noqa: E402
 from ckpttool.integrations.mmaction import shipped_config  # noqa: E402
 from tests.support.ntu_fixtures import (  # noqa: E402,F401  (ntu_workdir is a fixture)
@@ -57,7 +57,7 @@ def _assert_same_dump(ours, ref, tol=TOL):
 def test_posec3d_matches_mmaction_test_for_every_k(ntu_workdir, tmp_path):
     config, options, entry = _setup(ntu_workdir, "posec3d")
     ks = sorted(int(k) for k in entry["reference"])
-    res = evaluate_model(config, entry["checkpoint"], ks, cfg_options=options, dump=tmp_path)
+    res = evaluate_recognizer(config, entry["checkpoint"], ks, cfg_options=options, dump=tmp_path)
     assert res["task"] == "ntu60" and [c["k"] for c in res["clips"]] == ks
     assert res["num_samples"] == 5 and res["split"] == "xsub_val"
     for c in res["clips"]:
@@ -71,7 +71,7 @@ def test_posec3d_matches_mmaction_test_for_every_k(ntu_workdir, tmp_path):
 def test_rgbposeconv3d_matches_mmaction_test_with_shared_decode(ntu_workdir, tmp_path):
     config, options, entry = _setup(ntu_workdir, "rgbpose")
     ks = sorted(int(k) for k in entry["reference"])
-    res = evaluate_model(config, entry["checkpoint"], ks, cfg_options=options, dump=tmp_path)
+    res = evaluate_recognizer(config, entry["checkpoint"], ks, cfg_options=options, dump=tmp_path)
     for c in res["clips"]:
         names = [r["name"] for r in c["rows"]]
         assert names == ["rgb", "pose", "RGBPose_1:1", "RGBPose_2:1", "RGBPose_1:2"]
@@ -86,7 +86,7 @@ def test_rgbposeconv3d_matches_mmaction_test_with_shared_decode(ntu_workdir, tmp
 def test_aggregate_score_matches_head_average_clips_score(ntu_workdir, tmp_path):
     config, options, entry = _setup(ntu_workdir, "posec3d")
     (k, ref), = entry["reference_score"].items()
-    evaluate_model(config, entry["checkpoint"], [int(k)], aggregate="score", cfg_options=options, dump=tmp_path)
+    evaluate_recognizer(config, entry["checkpoint"], [int(k)], aggregate="score", cfg_options=options, dump=tmp_path)
     _assert_same_dump(_load(tmp_path / f"clips_{k}.pkl"), _load(ref))
 
 
@@ -98,7 +98,7 @@ def test_views_per_batch_chunks_give_the_same_scores(ntu_workdir, tmp_path):
     dumps = {}
     for vpb in (None, 1, 4):
         out = tmp_path / str(vpb)
-        evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, views_per_batch=vpb, dump=out)
+        evaluate_recognizer(config, entry["checkpoint"], [1, 3], cfg_options=options, views_per_batch=vpb, dump=out)
         dumps[vpb] = {k: _load(out / f"clips_{k}.pkl") for k in (1, 3)}
     for vpb in (1, 4):
         for k in (1, 3):
@@ -129,12 +129,12 @@ def test_view_runner_bounds_batches_and_reassembles(monkeypatch):
 @pytest.mark.slow
 def test_limit_evaluates_the_first_samples(ntu_workdir, tmp_path):
     config, options, entry = _setup(ntu_workdir, "posec3d")
-    res = evaluate_model(config, entry["checkpoint"], [3], cfg_options=options, limit=2, dump=tmp_path)
+    res = evaluate_recognizer(config, entry["checkpoint"], [3], cfg_options=options, limit=2, dump=tmp_path)
     assert res["num_samples"] == 2
     ours = _load(tmp_path / "clips_3.pkl")
     _assert_same_dump(ours, _load(entry["reference"]["3"])[:2])
     # without --clips: the config's own num_clips (10 in the shipped PoseC3D test pipeline)
-    res = evaluate_model(config, entry["checkpoint"], None, cfg_options=options, limit=1)
+    res = evaluate_recognizer(config, entry["checkpoint"], None, cfg_options=options, limit=1)
     assert [c["k"] for c in res["clips"]] == [10] and res["clips"][0]["num_views"] == 20
 
 
@@ -142,7 +142,7 @@ def test_limit_evaluates_the_first_samples(ntu_workdir, tmp_path):
 def test_cache_hit_runs_no_inference(ntu_workdir, tmp_path, monkeypatch):
     config, options, entry = _setup(ntu_workdir, "posec3d")
     cache = tmp_path / "cache"
-    first = evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, cache=cache,
+    first = evaluate_recognizer(config, entry["checkpoint"], [1, 3], cfg_options=options, cache=cache,
                            dump=tmp_path / "a")
     assert not any(c["cached"] for c in first["clips"])
     assert len(list(cache.glob("clips*.npz"))) == 2
@@ -155,19 +155,19 @@ def test_cache_hit_runs_no_inference(ntu_workdir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner_mod.ViewRunner, "__call__", boom)
     monkeypatch.setattr(om, "build_model", boom)
-    again = evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, cache=cache,
+    again = evaluate_recognizer(config, entry["checkpoint"], [1, 3], cfg_options=options, cache=cache,
                            dump=tmp_path / "b")
     assert all(c["cached"] for c in again["clips"])
     assert again["clips"] == [dict(c, cached=True) for c in first["clips"]]
     for k in (1, 3):
         _assert_same_dump(_load(tmp_path / "b" / f"clips_{k}.pkl"), _load(tmp_path / "a" / f"clips_{k}.pkl"), 0)
     # another aggregation, and a smaller --limit, are served from the same files
-    score = evaluate_model(config, entry["checkpoint"], [3], aggregate="score", cfg_options=options, cache=cache,
+    score = evaluate_recognizer(config, entry["checkpoint"], [3], aggregate="score", cfg_options=options, cache=cache,
                            limit=3)
     assert score["clips"][0]["cached"] and score["num_samples"] == 3 and score["aggregate"] == "score"
     # a k that is not cached needs inference
     with pytest.raises(AssertionError, match="inference ran"):
-        evaluate_model(config, entry["checkpoint"], [2], cfg_options=options, cache=cache)
+        evaluate_recognizer(config, entry["checkpoint"], [2], cfg_options=options, cache=cache)
 
 
 # --- configs: wrappers, _base_, errors ---------------------------------------------------------------------------
@@ -204,7 +204,7 @@ test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
         __import__("ckpttool.integrations.openmmlab", fromlist=["x"]).load_config(child, opts)
         .test_dataloader.dataset.pipeline)
     assert found[0][0] == (0, "transforms", 0)
-    evaluate_model(child, entry["checkpoint"], [3], cfg_options=opts, dump=tmp_path)
+    evaluate_recognizer(child, entry["checkpoint"], [3], cfg_options=opts, dump=tmp_path)
     _assert_same_dump(_load(tmp_path / "clips_3.pkl"), _load(entry["reference"]["3"]))
 
 
@@ -215,7 +215,7 @@ def test_missing_sampling_step_is_an_error_naming_it(tmp_path):
 test_dataloader = dict(dataset=dict(pipeline=[dict(type='PoseDecode'), dict(type='PackActionInputs')]))
 """)
     with pytest.raises(CkptError, match="no frame-sampling step.*UniformSampleFrames.*PoseDecode, PackActionInputs"):
-        evaluate_model(child, ckpt, [1, 3])
+        evaluate_recognizer(child, ckpt, [1, 3])
 
 
 def test_sampling_helpers_on_nested_wrappers():
@@ -240,13 +240,13 @@ def test_argument_errors(tmp_path):
             parse_clips(bad)
     config = shipped_config(POSEC3D_CONFIG)
     with pytest.raises(CkptError, match="checkpoint not found"):
-        evaluate_model(config, tmp_path / "missing.pth", [1])
+        evaluate_recognizer(config, tmp_path / "missing.pth", [1])
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"x")
     with pytest.raises(CkptError, match="--aggregate"):
-        evaluate_model(config, ckpt, [1], aggregate="median")
+        evaluate_recognizer(config, ckpt, [1], aggregate="median")
     with pytest.raises(CkptError, match="--limit"):
-        evaluate_model(config, ckpt, [1], limit=0)
+        evaluate_recognizer(config, ckpt, [1], limit=0)
 
 
 # --- dump files --------------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_dump_files_read_by_mmengine_and_our_reader(ntu_workdir, tmp_path):
     from ckpttool.io import load_pickle
 
     config, options, entry = _setup(ntu_workdir, "rgbpose")
-    res = evaluate_model(config, entry["checkpoint"], [1], cfg_options=options, dump=tmp_path, limit=3)
+    res = evaluate_recognizer(config, entry["checkpoint"], [1], cfg_options=options, dump=tmp_path, limit=3)
     assert res["dump"] == [str(tmp_path / "clips_1.pkl")]
     via_mmengine = mmengine.load(str(tmp_path / "clips_1.pkl"))
     assert len(via_mmengine) == 3 and set(via_mmengine[0]["pred_score"]) == {"rgb", "pose"}
@@ -287,7 +287,7 @@ def test_torchrun_two_gloo_processes_match_one(ntu_workdir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     dist_res = json.loads((tmp_path / "dist.json").read_text())
     assert dist_res["world_size"] == 2
-    single = evaluate_model(config, entry["checkpoint"], [1, 3], cfg_options=options, dump=tmp_path / "single")
+    single = evaluate_recognizer(config, entry["checkpoint"], [1, 3], cfg_options=options, dump=tmp_path / "single")
     assert [c["rows"] for c in dist_res["clips"]] == [c["rows"] for c in single["clips"]]
     for k in (1, 3):
         _assert_same_dump(_load(tmp_path / "dist" / f"clips_{k}.pkl"), _load(tmp_path / "single" / f"clips_{k}.pkl"),
@@ -307,7 +307,7 @@ def test_checkpoint_grafted_by_ckpt_graft_evaluates_like_its_source(ntu_workdir,
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    evaluate_model(config, out, [3], cfg_options=options, dump=tmp_path)
+    evaluate_recognizer(config, out, [3], cfg_options=options, dump=tmp_path)
     _assert_same_dump(_load(tmp_path / "clips_3.pkl"), _load(entry["reference"]["3"]))
 
 
@@ -331,6 +331,6 @@ def test_unknown_split_lists_the_splits_of_the_annotation(ntu_workdir):
 
     config, options, entry = _setup(ntu_workdir, "posec3d")
     with pytest.raises(CkptError) as err:
-        evaluate_model(config, entry["checkpoint"], [1], cfg_options=options, split="xsub_nope")
+        evaluate_recognizer(config, entry["checkpoint"], [1], cfg_options=options, split="xsub_nope")
     assert "xsub_nope" in str(err.value) and "the annotation file has:" in str(err.value) \
         and "xsub_val" in str(err.value)

@@ -41,6 +41,56 @@ def _imports(path: Path):
             yield name.split(".")[0], node.lineno, id(node) in top
 
 
+INFRASTRUCTURE = {"errors", "options", "plain", "__version__", "io", "report"}
+
+
+def _room(module: str) -> str:
+    """``ckpttool.engine.pipeline`` -> ``engine``, ``ckpttool.plain`` -> ``plain``, ``ckpttool`` -> ``ckpttool``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "ckpttool"
+
+
+def _room_rules() -> dict[str, set[str]]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("<!-- room-contract -->")[1].split("<!-- /room-contract -->")[0]
+    rules = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rules[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
+    return rules
+
+
+def _room_edges():
+    """(from room, to room, file, line) of every import of one room of ckpttool by another."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = _room("ckpttool." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("ckpttool"):
+                names = [node.module] if node.module != "ckpttool" else [f"ckpttool.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("ckpttool.")]
+            else:
+                continue
+            for name in names:
+                dst = _room(name)
+                if dst != src:
+                    yield src, dst, path.relative_to(ROOT).as_posix(), node.lineno
+
+
+def test_rooms_import_only_the_rooms_the_architecture_names():
+    rules = _room_rules()
+    assert set(rules) == {"metrics", "summary", "integrations", "comparison", "workdirs", "surgery", "engine", "cli"}
+    wrong = []
+    for src, dst, where, line in _room_edges():
+        if src in ("cli", "__init__", "__main__") or dst in INFRASTRUCTURE:   # the CLI and the package facade
+            continue
+        allowed = rules.get(src, set())   # infrastructure rooms may import only each other
+        if dst not in allowed:
+            wrong.append(f"{where}:{line} {src} -> {dst}")
+    assert not wrong, "imports against docs/architecture.md's room table:\n" + "\n".join(wrong)
+
+
 def test_the_contract_table_is_there():
     rules = _contract()
     assert {"torch", "mmengine", "mmaction", "mmdet", "matplotlib"} <= set(rules)

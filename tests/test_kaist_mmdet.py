@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, _out_dir, ensure_fixtures
-from tests.support import fixtures as _fx
 
 pytestmark = [pytest.mark.mmdet, pytest.mark.slow]
 SUPPORT = REPO_ROOT / "tests" / "support"
@@ -43,7 +42,7 @@ def kx():
 
 
 def _eval(kx, tta="none", **kw):
-    from ckpttool.integrations.mmdet import evaluate_detector
+    from ckpttool.engine.tasks import evaluate_detector
 
     kw.setdefault("project_root", str(SUPPORT))
     kw.setdefault("device", "cpu")
@@ -155,7 +154,7 @@ def test_a_detector_returning_the_ground_truth_gives_mr_0_and_recall_100(kx, tmp
                    "             data_preprocessor=dict(type='DetDataPreprocessor'))\n")
     ck = tmp_path / "oracle.pth"
     torch.save({"meta": {}, "state_dict": {"unused": torch.zeros(1)}}, ck)
-    from ckpttool.integrations.mmdet import evaluate_detector
+    from ckpttool.engine.tasks import evaluate_detector
 
     # (not flip: the oracle answers in original coordinates whatever the view, so un-flipping would move its boxes)
     r = evaluate_detector(str(cfg), str(ck), kx["test_ann"], tta="none,scale:320x256:400x320",
@@ -171,7 +170,8 @@ def test_a_detector_returning_the_ground_truth_gives_mr_0_and_recall_100(kx, tmp
 def test_flipped_view_unflips_exactly_on_a_mirror_symmetric_image(kx, tmp_path):
     import cv2
 
-    from ckpttool.integrations.mmdet import evaluate_detector, parse_settings, setting_views, view_key
+    from ckpttool.engine.tasks import evaluate_detector
+    from ckpttool.integrations.mmdet import parse_settings, setting_views, view_key
 
     test = json.loads(Path(kx["test_ann"]).read_text())
     im = test["images"][0]
@@ -189,7 +189,7 @@ def test_flipped_view_unflips_exactly_on_a_mirror_symmetric_image(kx, tmp_path):
     ann.write_text(json.dumps({"images": [im], "annotations": [a for a in test["annotations"]
                                                                if a["image_id"] == im["id"]]}))
     opts = [f"test_dataloader.dataset.data_root={tmp_path / 'data'}/", "model.test_cfg.rcnn.score_thr=0.0"]
-    r = evaluate_detector(kx["config"], kx["checkpoint"], str(ann), tta="none,flip", cfg_options=opts,
+    evaluate_detector(kx["config"], kx["checkpoint"], str(ann), tta="none,flip", cfg_options=opts,
                           project_root=str(SUPPORT), device="cpu", dump=str(tmp_path / "dump"))
     import pickle
 

@@ -202,7 +202,7 @@ def test_clips_from_predictions(tmp_path, rendered, metric, label, key):
 
 
 def test_clips_model_run_marks_the_configs_num_clips(tmp_path, rendered, monkeypatch):
-    import ckpttool.integrations.mmaction_recognizer as tta
+    import ckpttool.engine.tasks as tta
 
     rows = [{"name": "rgb", "top1": 80.0, "top5": 95.0, "mean_class_accuracy": 79.0},
             {"name": "pose", "top1": 85.0, "top5": 97.0, "mean_class_accuracy": 84.0},
@@ -213,7 +213,7 @@ def test_clips_model_run_marks_the_configs_num_clips(tmp_path, rendered, monkeyp
                 "config_num_clips": 10, "clips": [{"k": k, "rows": [dict(r, top1=r["top1"] + k / 10) for r in rows]}
                                                   for k in clips]}
 
-    monkeypatch.setattr(tta, "evaluate_model", fake)
+    monkeypatch.setattr(tta, "evaluate_recognizer", fake)
     out = tmp_path / "clips.svg"
     res = ckpt(tmp_path / "cfg.py", tmp_path / "epoch_24.pth", "--clips", "1,5,10,20", "--plot", out,
                "--format", "json")

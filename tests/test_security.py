@@ -1,7 +1,6 @@
 """Malicious pickles are listed by inspect, refused by everything else, and never run (sentinels stay absent)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle

@@ -8,7 +8,8 @@ import click
 
 from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
-from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, stream_label, stream_of
+from ckpttool.report.streams import stream_label, stream_of
+from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS
 
 if TYPE_CHECKING:
     from ckpttool.workdirs.explain import ExplainReport

@@ -16,7 +16,7 @@ from ckpttool.errors import CkptError
 from ckpttool.io import load
 from ckpttool.io.dtypes import widen_bfloat16
 from ckpttool.report.result import Report, extra
-from ckpttool.summary.tree import default_depth, module_of
+from ckpttool.summary.tree import BUFFER_NAMES, default_depth, module_of
 
 # A float32 square below 2**-60 may hold subnormal terms (|x| < 2**-63 squares below float32's smallest normal,
 # losing digits or flushing to 0); summed over a 64 Ki chunk they are < 2**-110, so a sum at or above 2**-60 is
@@ -29,9 +29,6 @@ NO_VALUES = ("complex", "float8")  # compared bit for bit only
 META_KEYS = ("epoch", "iter", "global_step", "seed", "experiment_name", "time", "mmengine_version",
              "mmcv_version", "pytorch-lightning_version", "arch", "version")
 FAIL_KINDS = ("keys", "shapes", "dtypes", "values", "nonfinite", "config")
-# buffers a state dict holds next to parameters (BatchNorm statistics, fixed tables): reported apart from them
-BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "position_ids", "relative_position_index",
-                "attn_mask", "anchors", "base_anchors", "steps")
 
 
 class PairStats:

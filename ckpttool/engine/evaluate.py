@@ -9,14 +9,12 @@ Metrics from files stay numpy-only (no torch import); a model run goes through t
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 from ckpttool.errors import CkptError
 
-# task -> (module, function) that runs CONFIG + CHECKPOINT for it
-MODEL_TASKS = {"ntu60": ("ckpttool.integrations.mmaction_recognizer", "evaluate_model"),
-               "kaist": ("ckpttool.integrations.mmdet", "evaluate_model")}
+# task -> the function of ckpttool.engine.tasks that runs CONFIG + CHECKPOINT for it
+MODEL_TASKS = {"ntu60": "evaluate_recognizer", "kaist": "detector_task"}
 
 
 @dataclass
@@ -52,7 +50,7 @@ def run_eval(config=None, checkpoint=None, *, task=None, preds=(), ann=None, plo
     :mod:`ckpttool.report.plots`; ``plot_panels``: KAIST one file per subset; ``plot_metric``: top1|top5|mean_class
     for accuracy vs clips), its data under ``"plot"`` in the result. ``options``: those of
     :func:`ckpttool.metrics.ntu.evaluate_ntu` / :func:`ckpttool.metrics.kaist.evaluate_kaist` (files) or of the
-    task's ``evaluate_model`` (``clips``, ``aggregate``, ``cfg_options``, ``split``, ``cache``, ``device`` …)."""
+    task's function in :mod:`ckpttool.engine.tasks` (``clips``, ``aggregate``, ``cfg_options``, ``split``, ``cache``, ``device`` …)."""
     from ckpttool.metrics import gate
 
     preds = list(preds or ())
@@ -109,11 +107,12 @@ def evaluate(config=None, checkpoint=None, *, task=None, preds=(), ann=None, cur
             raise CkptError("running a model needs both CONFIG and CHECKPOINT")
         if preds or (task or "ntu60") not in MODEL_TASKS:
             raise CkptError("give either CONFIG CHECKPOINT or --task/--preds, not both")
-        module, name = MODEL_TASKS[task or "ntu60"]
-        run = getattr(importlib.import_module(module), name)
+        from ckpttool.engine import tasks
+
+        run = getattr(tasks, MODEL_TASKS[task or "ntu60"])
         if task == "kaist":
             return run(config, checkpoint, ann=ann, protocol=protocol, setup=setup, curves=curves, split=split,
-                       **model_options)
+                       progress=progress, **model_options)
         return run(config, checkpoint, clips=ks, aggregate=aggregate, split=split, progress=progress, **model_options)
     if task == "kaist":
         if not ann:

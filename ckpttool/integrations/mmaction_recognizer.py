@@ -4,7 +4,8 @@ Settings are clip counts ``k``; a setting needs one view key, ``k`` itself: the 
 on its sampling step (:mod:`.sampling`), whose packed output holds the clips × crops × flips views of a sample.
 The per-k pipelines share one decode of the union of their frames (:mod:`.shared_decode`). Averaging the views as
 the head's ``average_clip`` does gives, for each k, the per-sample scores of mmaction2's ``Runner.test()`` with
-``num_clips=k``. The engine (:mod:`ckpttool.engine.pipeline`) does the rest; see docs/eval-tta.md.
+``num_clips=k``. The engine (:mod:`ckpttool.engine.pipeline`, entry point
+:func:`ckpttool.engine.tasks.evaluate_recognizer`) does the rest; see docs/eval-tta.md.
 """
 from __future__ import annotations
 
@@ -14,31 +15,6 @@ from ckpttool.errors import CkptError
 from ckpttool.metrics.constants import AGGREGATES
 
 SUPPORTED_RECOGNIZERS = ("Recognizer3D", "MMRecognizer3D", "RecognizerGCN")
-
-
-def evaluate_model(config, checkpoint, clips, aggregate: str | None = "prob", cfg_options=None, split=None,
-                   views_per_batch=None, cache=None, device: str | None = None, launcher: str = "none", limit=None,
-                   dump=None, project_root=None, progress: bool | None = None) -> dict:
-    """Evaluate ``checkpoint`` with ``config``'s test split for every clip count in ``clips``.
-
-    Returns ``{"task": "ntu60", "config", "checkpoint", "clips": [{"k", "rows", "cached", "num_views"}], …}``
-    where ``rows`` are :func:`ckpttool.metrics.ntu.ntu_rows` of the per-stream scores (and fusions).
-    ``aggregate=None`` averages views as the model's head is configured to (``average_clips``); ``clips=None``
-    evaluates the config's own ``num_clips``. ``device=None``: cuda when torch sees one, else cpu. ``dump``: a folder
-    for ``clips_<k>.pkl``, or (one clip count) a ``FILE.pkl`` as ``tools/test.py --dump`` writes. ``progress``: a
-    bar of the samples (rate, ETA) on stderr (ckpttool.report.progress).
-    """
-    from ckpttool.engine.pipeline import Options, evaluate
-    from ckpttool.integrations.openmmlab import resolve_device
-    from ckpttool.options import parse_clips
-
-    if dump is not None and str(dump).endswith(".pkl") and clips is not None and len(parse_clips(clips)) > 1:
-        raise CkptError(f"--dump {dump}: one file holds one setting; give --dump DIR for --clips "
-                        f"{','.join(map(str, parse_clips(clips)))} (DIR/clips_<k>.pkl)")
-    options = Options(views_per_batch=views_per_batch, cache=cache, device=resolve_device(device),
-                      launcher=launcher, limit=limit, progress=progress)
-    return evaluate(RecognizerAdapter(aggregate), config, checkpoint, clips, cfg_options=cfg_options, split=split,
-                    project_root=project_root, dump=dump, options=options)
 
 
 def check_model(model) -> None:

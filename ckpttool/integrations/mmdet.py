@@ -1,8 +1,8 @@
 """mmdetection 3.x detectors on KAIST: the detector task adapter, a test-time-augmentation sweep where each
 distinct view runs once.
 
-:func:`evaluate_detector` is ``ckpt eval CONFIG CHECKPOINT --task kaist``: the engine's pipeline
-(:func:`ckpttool.engine.pipeline.evaluate`) with :class:`DetectorAdapter`. The model side is what mmdetection's
+``ckpt eval CONFIG CHECKPOINT --task kaist`` is the engine's pipeline (:func:`ckpttool.engine.pipeline.evaluate`,
+entry point :func:`ckpttool.engine.tasks.evaluate_detector`) with :class:`DetectorAdapter`. The model side is what mmdetection's
 ``tools/test.py`` does: ``Config.fromfile`` + ``--cfg-options`` (``custom_imports`` resolved with the current
 directory and ``project_root`` on ``sys.path``), the default scope, the test dataset through dataset wrappers,
 ``model.test_step`` on batches of one image, the config's ``test_evaluator``. Weights come through our reader
@@ -192,32 +192,6 @@ def config_tta_views(cfg) -> list:
 # ---------------------------------------------------------------------------------------------------------------
 # the task adapter
 # ---------------------------------------------------------------------------------------------------------------
-def evaluate_model(config, checkpoint, ann=None, tta=None, split=None, views_per_batch=None, **options) -> dict:
-    """``ckpt eval CONFIG CHECKPOINT --task kaist`` as :mod:`ckpttool.engine.evaluate` calls it."""
-    if not ann:
-        raise CkptError("--task kaist with CONFIG CHECKPOINT needs --ann KAIST_annotation.json")
-    if split is not None:
-        raise CkptError("--split: a detector runs the config's test_dataloader (use --cfg-options to change it)")
-    if views_per_batch is not None:
-        raise CkptError("--views-per-batch: detector views run as tools/test.py does, one image per forward pass")
-    return evaluate_detector(config, checkpoint, ann, tta=tta or "none", **options)
-
-
-def evaluate_detector(config, checkpoint, ann, tta="none", cfg_options=None, project_root=None, dump=None,
-                      cache=None, device=None, launcher="none", limit=None, protocol="mlpd", setup="Reasonable",
-                      curves=False, progress=None) -> dict:
-    """Run CONFIG + CHECKPOINT on its test set under each TTA setting; KAIST rows per setting (see module doc)."""
-    from ckpttool.engine.pipeline import Options, evaluate
-    from ckpttool.integrations.openmmlab import resolve_device
-
-    if dump and Path(dump).exists() and not Path(dump).is_dir():
-        raise CkptError(f"--dump {dump}: exists and is not a directory")
-    adapter = DetectorAdapter(ann, protocol, setup, curves)
-    options = Options(cache=cache, device=resolve_device(device), launcher=launcher, limit=limit, progress=progress)
-    return evaluate(adapter, config, checkpoint, tta, cfg_options=cfg_options, project_root=project_root,
-                    dump=dump, options=options)
-
-
 class DetectorAdapter:
     """The :class:`ckpttool.engine.adapter.TaskAdapter` of mmdetection detectors (KAIST tables): a setting is a
     :class:`Setting`, a view key a :func:`view_key`; a view is one image through one plain pipeline."""

@@ -250,7 +250,7 @@ def runs_figure(info: dict, path: str, names=None, force: bool = True) -> str:
     """`ckpt runs DIR --plot FILE`: validation curves per stream (one panel each, or one panel for a single-stream
     run), the lr in effect during each epoch on a second axis, collapses marked. `info` is `workdirs.runs.scan()`'s
     result; `names` the metrics to draw (default: all). The file the user names is (re)drawn, atomically."""
-    from ckpttool.workdirs.runs import stream_label, stream_of
+    from ckpttool.report.streams import stream_label, stream_of
 
     try:
         style.figure_format(path)

@@ -92,7 +92,7 @@ def inspect(path: str, depth: int | None = None, filter: str | None = None, keys
         "notes": notes,
     }
     if result["optimizer"]:
-        from ckpttool.comparison.diff import BUFFER_NAMES
+        from ckpttool.summary.tree import BUFFER_NAMES
 
         params = [k for k, t in sd.items() if t.is_floating and k.rsplit(".", 1)[-1] not in BUFFER_NAMES]
         training.name_groups(result["optimizer"]["group_sets"], params)

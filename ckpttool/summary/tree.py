@@ -5,6 +5,9 @@ import re
 from collections import OrderedDict
 
 DEFAULT_DEPTH, MAX_DEFAULT_ROWS = 2, 48
+# buffers a state dict holds next to parameters (BatchNorm statistics, fixed tables): reported apart from them
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "position_ids", "relative_position_index",
+                "attn_mask", "anchors", "base_anchors", "steps")
 
 
 def module_of(key: str, depth: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.report.result import Report
-from ckpttool.workdirs.runs import stream_of
+from ckpttool.report.streams import stream_of
 
 AROUND = 1   # epochs shown before and after a collapse
 

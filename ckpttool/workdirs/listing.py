@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 
 from ckpttool.errors import CkptError
-from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, RunsReport, best_checkpoint, scan, stream_of
+from ckpttool.report.streams import stream_of
+from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, RunsReport, best_checkpoint, scan
 
 
 def list_runs(work_dir, metrics=(), *, mode: str | None = None, collapse_drop: float = DEFAULT_COLLAPSE,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.report.result import Report, extra
+from ckpttool.report.streams import stream_of
 
 CKPT_RE = re.compile(r"^(?:best_(?P<best>.+)_)?(?P<unit>epoch|iter)_(?P<step>\d+)\.(?:pth|pt|ckpt|safetensors)$")
 TIMM_RE = re.compile(r"^(?:checkpoint-(?P<step>\d+)|(?P<best>model_best)|(?P<last>last))\.pth\.tar$")
@@ -32,7 +33,6 @@ PAIR_RE = re.compile(r"([A-Za-z_][\w/.:-]*): (-?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|na
 EXP_RE = re.compile(r"Exp name: (\S+)")
 LOAD_RE = re.compile(r"Load checkpoint from (\S+)")
 RESUMED_RE = re.compile(r"resumed epoch: (\d+), iter: (\d+)")
-STREAM_RE = re.compile(r"^(?:(?P<prefix>[^/]+)/)?(?P<stream>[^/]+?)_(?P<kind>top\d+|mean\d+|mAP|mean_ap|loss)$")
 TRAIN_KEYS = ("lr", "loss", "grad_norm")
 SPIKE = 2.0               # an epoch's max loss above SPIKE x the previous epoch's mean loss
 MIN_POINTS = 0.05         # a fraction-logged accuracy must drop by 5 points to be a collapse (10% -> 7% is noise)
@@ -57,22 +57,6 @@ def is_percent(name: str, values) -> bool:
 
 
 # --- parsing --------------------------------------------------------------------------------------------------
-def stream_of(name: str) -> tuple[str | None, str]:
-    """(stream, kind) of a metric name: `acc/rgb_top1` -> ('rgb', 'top1'), `acc/RGBPose_1:1_top1` ->
-    ('RGBPose_1:1', 'top1'); single-stream names give (None, name)."""
-    m = STREAM_RE.match(name)
-    return (m["stream"], m["kind"]) if m else (None, name)
-
-
-def stream_label(stream: str | None) -> str:
-    if stream is None:
-        return ""
-    low = stream.lower()
-    if low.startswith("rgbpose"):
-        return "fusion" + stream[len("RGBPose"):].replace("_", " ")
-    return {"rgb": "RGB", "pose": "Pose", "flow": "Flow", "audio": "Audio"}.get(low, stream)
-
-
 def parse_train_text(text: str) -> list[dict]:
     """Training lines of mmengine log text: [{epoch|iter, lr, loss, grad_norm}] (4 decimals, as printed)."""
     out = []

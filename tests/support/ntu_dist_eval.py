@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node N -m tests.support.ntu_dist_eval ARGS.json``: ``evaluate_model`` with
+"""``torchrun --nproc_per_node N -m tests.support.ntu_dist_eval ARGS.json``: ``evaluate_recognizer`` with
 ``launcher='pytorch'`` on CPU (gloo); rank 0 writes the result JSON to ``args["out"]``."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 
 
 def main(spec: str) -> None:
-    from ckpttool.integrations.mmaction_recognizer import evaluate_model
+    from ckpttool.engine.tasks import evaluate_recognizer
     from tests.support.ntu_fixtures import model_setups
 
     args = json.loads(open(spec).read())
     config, options = model_setups(args["data"])[args["model"]]
-    res = evaluate_model(config, args["checkpoint"], args["clips"], cfg_options=options,
+    res = evaluate_recognizer(config, args["checkpoint"], args["clips"], cfg_options=options,
                          launcher="pytorch", dump=args.get("dump"))
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args["out"], "w") as fh:
