@@ -70,6 +70,7 @@ class TaskAdapter(Protocol):
     task: str                  # the result's ``"task"`` (``"ntu60"``, ``"kaist"``)
     cache_prefix: str          # score-cache file names start with it (``clips3-<key>.npz``)
     progress_label: str        # the progress bar's label prefix (``"clips"``)
+    sample_unit: str           # what the bar counts (``"samples"``, ``"images"``), shown with its rate (images/s)
 
     def settings(self, build: Build, requested) -> list:
         """The settings to evaluate (``requested`` as the user gave it; None: the config's own). Raise

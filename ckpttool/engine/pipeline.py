@@ -130,6 +130,8 @@ def run_views(adapter, build: Build, checkpoint, dataset, keys, n: int, options:
     streams = adapter.streams(build, model)
     runner = ViewRunner(lambda inputs: adapter.forward(model, inputs, streams), options.views_per_batch)
     label = f"{adapter.progress_label} {','.join(map(str, keys))}"
+    if len(label) > 48:   # many long view keys: their number, not their names
+        label = f"{adapter.progress_label} ({len(keys)})"
     targets, per_key, pipe_s = _infer(adapter, dataset, source, runner, dist.shard(n), label,
                                       options.progress if dist.rank == 0 else False)
     parts = dist.gather({"targets": targets, "per_key": per_key, "passes": runner.batches})
@@ -150,7 +152,7 @@ def _infer(adapter, dataset, source, runner, indices, label, progress=None):
         for (idx, key), outputs in done.items():
             per_key.setdefault(key, {})[idx] = outputs
 
-    with bar(len(indices), label, " samples", progress) as ticks:
+    with bar(len(indices), label, f" {adapter.sample_unit}", progress) as ticks:
         for idx in indices:
             info = dataset.get_data_info(idx)
             targets[idx] = adapter.target(info)

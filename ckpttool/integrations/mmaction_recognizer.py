@@ -32,6 +32,7 @@ class RecognizerAdapter:
     task = "ntu60"
     cache_prefix = "clips"
     progress_label = "clips"
+    sample_unit = "samples"
 
     def __init__(self, aggregate: str | None = "prob"):
         if aggregate is not None and aggregate not in AGGREGATES:

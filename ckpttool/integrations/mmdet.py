@@ -199,6 +199,7 @@ class DetectorAdapter:
     task = "kaist"
     cache_prefix = "view-"
     progress_label = "views"
+    sample_unit = "images"
 
     def __init__(self, ann, protocol="mlpd", setup="Reasonable", curves=False):
         from ckpttool.metrics import kaist as K
