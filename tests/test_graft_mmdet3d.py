@@ -142,3 +142,65 @@ def test_new_modules_hold_their_own_init_weights(seeded, source, tmp_path):
     assert "build" not in r_cpu["target"]
     cpu = written(tmp_path / "cpu.pth")
     assert list(cpu) == list(w) and all(torch.equal(cpu[k], w[k]) for k in w)
+
+
+# --- the mit-han-lab BEVFusion -> mmdet3d 1.x rules against an mmdet3d build ----------------------------------
+RULES = REPO_ROOT / "fixtures" / "rules" / "bevfusion_to_mmdet3d.yaml"
+
+
+def test_bevfusion_build_has_the_published_mmdet3d_layout_and_the_rules_map_every_tensor_onto_it():
+    """Full size, on meta (no parameter memory): the model built from bevfusion_det.py (mmdet3d 1.x BEVFusion's
+    module names from mmdet3d / mmdet / mmcv parts, 40.8M parameters) has exactly the published mmdet3d 1.x
+    layout, and the rules file maps every tensor of the published mit-han-lab checkpoint layout onto it, shapes
+    equal, nothing left over."""
+    from ckpttool.surgery.rules import collect_rules, make_plan
+    from ckpttool.surgery.target import resolve_target
+    from tests.support import fixtures as fx
+
+    target = resolve_target(str(m3d.BEVFUSION_CONFIG), build="meta", project_root=m3d.PROJECT)
+    assert target.build == "meta" and target.describe()["params"] == 40_843_052
+    published = [(k, shape) for k, shape, *_ in fx.read_keyfile("bevfusion_det_mmdet3d1x_names")]
+    assert [(k, shape) for k, (shape, _) in target.entries.items()] == published
+    source = {k: (shape, dtype) for k, shape, dtype, _ in fx.read_keyfile("bevfusion_det")}
+    rules, options = collect_rules([("rules", str(RULES))])
+    plan = make_plan(source, target.entries, rules, options["on_shape_mismatch"])
+    assert all(e.status == "loaded" for e in plan.entries) and plan.unused == []
+    assert all(n > 0 for n in plan.matched)
+    top = {e.key.split(".")[0] for e in plan.entries}
+    assert top == {"img_backbone", "img_neck", "view_transform", "pts_middle_encoder", "fusion_layer",
+                   "pts_backbone", "pts_neck", "bbox_head"}
+
+
+def test_bevfusion_checkpoint_grafts_into_the_mmdet3d_build_with_the_rules_file(tmp_path):
+    """With values: the generated mit-han-lab layout fixture (the published shapes scaled by 8) into the lidar
+    branch + fuser + decoder + TransFusion-layout head built at that scale; the camera tensors are dropped
+    (not built at that scale: Swin's window tables do not scale)."""
+    import torch
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from tests.conftest import _out_dir, ensure_fixtures
+    from tests.support import fixtures as fx
+
+    out_dir = ensure_fixtures(_out_dir(), only=["layouts"])
+    src = out_dir / fx.load_manifest(out_dir)["layouts"]["layouts"]["bevfusion_det"]["path"]
+    out = tmp_path / "bevfusion_mmdet3d.pth"
+    r, _ = graft_json(src, "--into", m3d.BEVFUSION_TINY_CONFIG, "--project-root", m3d.PROJECT,
+                      "--drop", r"^encoders\.camera\.", "--rules", RULES, "--fail-on", "new,mismatched,unused",
+                      "-o", out)
+    source = fx.layout_state_dict("bevfusion_det")
+    lidar = [k for k in source if not k.startswith("encoders.camera.")]
+    assert r["loaded"]["tensors"] == len(lidar) == r["target"]["tensors"] and r["new"]["tensors"] == 0
+    assert r["target"]["build"] == "meta" and r["target"]["materialised"] == 0
+    assert {u["key"] for u in r["unused"]} == set(source) - set(lidar) and all(u["dropped"] for u in r["unused"])
+    w = written(out)
+    renamed = {"encoders.lidar.backbone.conv_out.0.weight": "pts_middle_encoder.conv_out.0.weight",
+               "fuser.0.weight": "fusion_layer.0.weight",
+               "decoder.backbone.blocks.1.0.weight": "pts_backbone.blocks.1.0.weight",
+               "heads.object.decoder.0.multihead_attn.in_proj_weight": "bbox_head.decoder.0.cross_attn.attn.in_proj_weight",
+               "heads.object.decoder.0.linear2.weight": "bbox_head.decoder.0.ffn.layers.1.weight",
+               "heads.object.prediction_heads.0.heatmap.1.bias": "bbox_head.prediction_heads.0.heatmap.1.bias"}
+    for old, new in renamed.items():
+        assert torch.equal(w[new], source[old]), (old, new)
+    model = cpu_target(m3d.BEVFUSION_TINY_CONFIG).model
+    load_checkpoint(model, str(out), map_location="cpu", strict=True)
+    assert torch.equal(model.bbox_head.decoder[0].norms[2].weight, source["heads.object.decoder.0.norm3.weight"])

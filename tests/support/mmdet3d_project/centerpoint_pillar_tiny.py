@@ -19,4 +19,5 @@ model = dict(
         share_conv_channel=16,
         bbox_coder=dict(pc_range=point_cloud_range[:2], post_center_range=[-20, -20, -10, 20, 20, 10])),
     train_cfg=dict(pts=dict(grid_size=[*grid, 1], point_cloud_range=point_cloud_range)),
-    test_cfg=dict(pts=dict(pc_range=point_cloud_range[:2], post_center_limit_range=[-20, -20, -10, 20, 20, 10])))
+    test_cfg=dict(pts=dict(pc_range=point_cloud_range[:2], post_center_limit_range=[-20, -20, -10, 20, 20, 10],
+                           max_per_img=100, pre_max_size=200, post_max_size=50)))
