@@ -171,6 +171,34 @@ def test_bevfusion_build_has_the_published_mmdet3d_layout_and_the_rules_map_ever
                    "pts_backbone", "pts_neck", "bbox_head"}
 
 
+def test_bevfusion_det_into_det_map_gca_at_full_size_only_task_gca_and_the_map_head_are_new():
+    """The issue's scenario at BEVFusion's size, planned on meta: the published det layout into the user's
+    det + task_gca + map head build (45.8M, as the published bevfusion_det_map_gca layout) through the rules file."""
+    from ckpttool.surgery.rules import collect_rules, make_plan
+    from ckpttool.surgery.target import resolve_target
+    from tests.support import fixtures as fx
+
+    target = resolve_target(str(m3d.BEVFUSION_MAP_GCA_CONFIG), build="meta", project_root=m3d.PROJECT)
+    published = fx.read_keyfile("bevfusion_det_map_gca")
+    assert target.describe()["params"] == sum(_numel(shape) for _, shape, *_ in published) == 45_830_964
+    source = {k: (shape, dtype) for k, shape, dtype, _ in fx.read_keyfile("bevfusion_det")}
+    rules, options = collect_rules([("rules", str(RULES))])
+    plan = make_plan(source, target.entries, rules, options["on_shape_mismatch"])
+    new = [e for e in plan.entries if e.status != "loaded"]
+    assert {e.status for e in new} == {"new"} and plan.unused == []
+    assert {e.key.rsplit(".", 2)[0] for e in new} == {"task_gca.object.channel_mlp", "task_gca.map.channel_mlp",
+                                                      "map_head.classifier"}
+    assert sum(e.numel for e in new if e.key.startswith("task_gca.")) == 2 * 131_072
+    assert sum(e.numel for e in plan.entries if e.status == "loaded") == 40_843_052
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def test_bevfusion_checkpoint_grafts_into_the_mmdet3d_build_with_the_rules_file(tmp_path):
     """With values: the generated mit-han-lab layout fixture (the published shapes scaled by 8) into the lidar
     branch + fuser + decoder + TransFusion-layout head built at that scale; the camera tensors are dropped

@@ -3,8 +3,9 @@
 * ``PROJECT``: a user's project folder: ``centerpoint_pillar_tiny.py`` (mmdet3d's shipped CenterPoint pillar
   nuScenes config as `_base_`, shrunk for the CPU), ``centerpoint_pillar_tiny_map_gca.py`` (the same plus
   ``task_gca`` and a map head from the project module ``gca_project``, loaded through ``custom_imports``) and
-  ``bevfusion_det.py`` (mmdet3d 1.x BEVFusion's module names and sizes, from ``bevfusion_project``) and
-  ``bevfusion_lidar_tiny.py`` (its lidar branch, fuser and head at the layout fixtures' scale).
+  ``bevfusion_det.py`` (mmdet3d 1.x BEVFusion's module names and sizes, from ``bevfusion_project``),
+  ``bevfusion_det_map_gca.py`` (the same plus task_gca and the map head) and ``bevfusion_lidar_tiny.py`` (its
+  lidar branch, fuser and head at the layout fixtures' scale).
 * ``points`` / ``sample``: synthetic nuScenes-like points (x, y, z, intensity, time lag) and their data sample.
 * ``train_source``: a genuine mmengine checkpoint of the base detector: mmengine's Runner trains one iteration on
   synthetic points with boxes and its CheckpointHook writes ``iter_1.pth`` (meta, state_dict, message_hub,
@@ -20,6 +21,7 @@ PROJECT = Path(__file__).resolve().parent / "mmdet3d_project"
 BASE_CONFIG = PROJECT / "centerpoint_pillar_tiny.py"
 GCA_CONFIG = PROJECT / "centerpoint_pillar_tiny_map_gca.py"
 BEVFUSION_CONFIG = PROJECT / "bevfusion_det.py"
+BEVFUSION_MAP_GCA_CONFIG = PROJECT / "bevfusion_det_map_gca.py"
 BEVFUSION_TINY_CONFIG = PROJECT / "bevfusion_lidar_tiny.py"
 RANGE = (-12.8, -12.8, -5.0, 12.8, 12.8, 3.0)  # centerpoint_pillar_tiny.py's point_cloud_range
 

@@ -6,8 +6,8 @@ DetrTransformerDecoderLayer, SeparateHead, ConvModule) plus plain torch layers f
 (GeneralizedLSSFPN's layout), the view transform (DepthLSSTransform's) and the fuser. Written here from the
 published tensor layout (fixtures/keys/bevfusion_det_mmdet3d1x_names.txt), not from BEVFusion's code: the same
 names, shapes and dtypes, not its computation. For grafting: it has no forward."""
-from .layout import (ProjBEVFusion, ProjBEVFusionSparseEncoder, ProjConvFuser, ProjDepthLSSTransform, ProjLSSFPN,
-                     ProjTransFusionHead)
+from .layout import (ProjBEVFusion, ProjBEVFusionMapGCA, ProjBEVFusionSparseEncoder, ProjConvFuser,
+                     ProjDepthLSSTransform, ProjLSSFPN, ProjTransFusionHead)
 
-__all__ = ["ProjBEVFusion", "ProjBEVFusionSparseEncoder", "ProjConvFuser", "ProjDepthLSSTransform", "ProjLSSFPN",
-           "ProjTransFusionHead"]
+__all__ = ["ProjBEVFusion", "ProjBEVFusionMapGCA", "ProjBEVFusionSparseEncoder", "ProjConvFuser",
+           "ProjDepthLSSTransform", "ProjLSSFPN", "ProjTransFusionHead"]

@@ -7,7 +7,7 @@ from mmdet3d.models.layers import make_sparse_convmodule
 from mmdet3d.models.middle_encoders import SparseEncoder
 from mmdet3d.registry import MODELS
 from mmdet.models.layers.transformer import DetrTransformerDecoderLayer
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, ModuleDict
 from torch import nn
 
 PARTS = ('img_backbone', 'img_neck', 'view_transform', 'pts_voxel_encoder', 'pts_middle_encoder', 'fusion_layer', 'pts_backbone', 'pts_neck',
@@ -38,6 +38,22 @@ class ProjBEVFusion(Base3DDetector):
         raise NotImplementedError('ProjBEVFusion reproduces the layout for grafting; it does not run')
 
     loss = predict = _forward = extract_feat = _layout_only
+
+
+@MODELS.register_module()
+class ProjBEVFusionMapGCA(ProjBEVFusion):
+    """The user's extension: BEVFusion plus per-task global context attention (`task_gca.object`, `task_gca.map`)
+    and a BEV map head, both built from the registry (gca_project's TaskGCA and BEVMapHead)."""
+
+    def __init__(self, task_gca, map_head, **kwargs):
+        super().__init__(**kwargs)
+        self.task_gca = ModuleDict({task: MODELS.build(cfg) for task, cfg in task_gca.items()})
+        self.map_head = MODELS.build(map_head)
+
+    def init_weights(self):
+        super().init_weights()
+        self.task_gca.init_weights()
+        self.map_head.init_weights()
 
 
 @MODELS.register_module()
@@ -155,5 +171,5 @@ class ProjTransFusionHead(BaseModule):
             for _ in range(num_decoder_layers)])
 
 
-__all__ = ['ProjBEVFusion', 'ProjBEVFusionSparseEncoder', 'ProjConvFuser', 'ProjDepthLSSTransform', 'ProjLSSFPN',
-           'ProjTransFusionHead']
+__all__ = ['ProjBEVFusion', 'ProjBEVFusionMapGCA', 'ProjBEVFusionSparseEncoder', 'ProjConvFuser',
+           'ProjDepthLSSTransform', 'ProjLSSFPN', 'ProjTransFusionHead']

@@ -5,6 +5,7 @@ from mmengine.model import BaseModule, ModuleDict
 from torch import nn
 
 
+@MODELS.register_module()
 class TaskGCA(BaseModule):
     """Global context attention for one task: a channel gate computed from the pooled BEV features (two bias-free
     1x1 convolutions, channels -> channels / reduction -> channels). Kaiming-initialised by init_weights."""
