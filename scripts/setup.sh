@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh requirements/*.txt | sha1sum | cut -c1-12)"
+# (the stamp covers the per-extra scripts too: a change there must reach their environments through this one)
+stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup*.sh requirements/*.txt | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"

@@ -148,22 +148,30 @@ def test_new_modules_hold_their_own_init_weights(seeded, source, tmp_path):
 RULES = REPO_ROOT / "fixtures" / "rules" / "bevfusion_to_mmdet3d.yaml"
 
 
+def plan_from_published_det(config):
+    """The target `config` built on meta, and graft's plan (names and shapes only) from the published mit-han-lab
+    BEVFusion det layout (fixtures/keys/bevfusion_det.txt, 40.8M) through the rules file."""
+    from ckpttool.surgery.rules import collect_rules, make_plan
+    from ckpttool.surgery.target import resolve_target
+    from tests.support import fixtures as fx
+
+    target = resolve_target(str(config), build="meta", project_root=m3d.PROJECT)
+    source = {k: (shape, dtype) for k, shape, dtype, _ in fx.read_keyfile("bevfusion_det")}
+    rules, options = collect_rules([("rules", str(RULES))])
+    return target, make_plan(source, target.entries, rules, options["on_shape_mismatch"])
+
+
 def test_bevfusion_build_has_the_published_mmdet3d_layout_and_the_rules_map_every_tensor_onto_it():
     """Full size, on meta (no parameter memory): the model built from bevfusion_det.py (mmdet3d 1.x BEVFusion's
     module names from mmdet3d / mmdet / mmcv parts, 40.8M parameters) has exactly the published mmdet3d 1.x
     layout, and the rules file maps every tensor of the published mit-han-lab checkpoint layout onto it, shapes
     equal, nothing left over."""
-    from ckpttool.surgery.rules import collect_rules, make_plan
-    from ckpttool.surgery.target import resolve_target
     from tests.support import fixtures as fx
 
-    target = resolve_target(str(m3d.BEVFUSION_CONFIG), build="meta", project_root=m3d.PROJECT)
+    target, plan = plan_from_published_det(m3d.BEVFUSION_CONFIG)
     assert target.build == "meta" and target.describe()["params"] == 40_843_052
     published = [(k, shape) for k, shape, *_ in fx.read_keyfile("bevfusion_det_mmdet3d1x_names")]
     assert [(k, shape) for k, (shape, _) in target.entries.items()] == published
-    source = {k: (shape, dtype) for k, shape, dtype, _ in fx.read_keyfile("bevfusion_det")}
-    rules, options = collect_rules([("rules", str(RULES))])
-    plan = make_plan(source, target.entries, rules, options["on_shape_mismatch"])
     assert all(e.status == "loaded" for e in plan.entries) and plan.unused == []
     assert all(n > 0 for n in plan.matched)
     top = {e.key.split(".")[0] for e in plan.entries}
@@ -174,16 +182,11 @@ def test_bevfusion_build_has_the_published_mmdet3d_layout_and_the_rules_map_ever
 def test_bevfusion_det_into_det_map_gca_at_full_size_only_task_gca_and_the_map_head_are_new():
     """The issue's scenario at BEVFusion's size, planned on meta: the published det layout into the user's
     det + task_gca + map head build (45.8M, as the published bevfusion_det_map_gca layout) through the rules file."""
-    from ckpttool.surgery.rules import collect_rules, make_plan
-    from ckpttool.surgery.target import resolve_target
     from tests.support import fixtures as fx
 
-    target = resolve_target(str(m3d.BEVFUSION_MAP_GCA_CONFIG), build="meta", project_root=m3d.PROJECT)
+    target, plan = plan_from_published_det(m3d.BEVFUSION_MAP_GCA_CONFIG)
     published = fx.read_keyfile("bevfusion_det_map_gca")
     assert target.describe()["params"] == sum(_numel(shape) for _, shape, *_ in published) == 45_830_964
-    source = {k: (shape, dtype) for k, shape, dtype, _ in fx.read_keyfile("bevfusion_det")}
-    rules, options = collect_rules([("rules", str(RULES))])
-    plan = make_plan(source, target.entries, rules, options["on_shape_mismatch"])
     new = [e for e in plan.entries if e.status != "loaded"]
     assert {e.status for e in new} == {"new"} and plan.unused == []
     assert {e.key.rsplit(".", 2)[0] for e in new} == {"task_gca.object.channel_mlp", "task_gca.map.channel_mlp",
