@@ -23,7 +23,7 @@ from tests.conftest import REPO_ROOT
 from tests.support import mmdet3d_fixtures as m3d
 from tests.support.cli import invoke
 
-pytestmark = pytest.mark.mmdet3d
+pytestmark = [pytest.mark.mmdet3d, pytest.mark.slow]
 NEW = ("task_gca.object", "task_gca.map", "map_head.classifier")
 
 
@@ -146,6 +146,20 @@ def test_new_modules_hold_their_own_init_weights(seeded, source, tmp_path):
     assert "build" not in r_cpu["target"]
     cpu = written(tmp_path / "cpu.pth")
     assert list(cpu) == list(w) and all(torch.equal(cpu[k], w[k]) for k in w)
+
+
+def test_the_map_gca_can_start_as_a_copy_of_the_object_gca(source, tmp_path):
+    """docs/graft.md's example on the mmdet3d target: declared inits make `--fail-on new` pass."""
+    import torch
+
+    out = tmp_path / "copy.pth"
+    r, _ = graft_json(source, "--into", m3d.GCA_CONFIG, "--project-root", m3d.PROJECT, "--fail-on", "new",
+                      "--init", "task_gca.object=default", "--init", "task_gca.map=copy:task_gca.object",
+                      "--init", "map_head=default", "-o", out)
+    assert r["new"]["without_init_rule"] == 0 and r["new"]["init"] == {"default": 16, "copy": 2}
+    w = written(out)
+    for name in ("channel_mlp.0.weight", "channel_mlp.2.weight"):
+        assert torch.equal(w[f"task_gca.map.{name}"], w[f"task_gca.object.{name}"])
 
 
 # --- the mit-han-lab BEVFusion -> mmdet3d 1.x rules against an mmdet3d build ----------------------------------
