@@ -27,12 +27,11 @@ class ProjBEVFusion(Base3DDetector):
             setattr(self, name, MODELS.build(parts[name]) if parts.get(name) else None)
 
     def init_weights(self):
-        """Each part's own init_weights, not BaseModule's detector-wide one, whose log takes the mean of every
-        parameter: the view transform's grid size `nx` is an int64 parameter."""
-        for name in PARTS:
-            part = getattr(self, name)
-            if isinstance(part, BaseModule):
-                part.init_weights()
+        """As mmdet3d's BEVFusion: the image backbone's init_weights only, not BaseModule's detector-wide one,
+        whose log takes the mean of every parameter (the view transform's grid size `nx` is an int64 one); the
+        other parts keep their constructors' initialisation."""
+        if self.img_backbone is not None:
+            self.img_backbone.init_weights()
 
     def _layout_only(self, *args, **kwargs):
         raise NotImplementedError('ProjBEVFusion reproduces the layout for grafting; it does not run')
