@@ -11,7 +11,7 @@ CPU build without its lateral connections, so the graft loads everything but the
 its projects/ folder, so the project module there assembles its 40.8M-parameter layout from mmdet3d / mmdet / mmcv
 parts, see bevfusion_project/__init__.py); the source is the CPU build of `bevfusion_det.py` (40.8M), the target
 `bevfusion_det_map_gca.py` (45.8M: plus task_gca.object / task_gca.map and a map head, which are new); `wide`
-widens the Swin camera backbone (embed_dims 192, depths 2-2-8-2) in both: 137.8M into 142.7M.
+widens the Swin camera backbone (embed_dims 192, depths 2-2-8-2) in both: 137.7M into 142.7M.
 Sources are written once through ckpt's writer. Each command is its own process (imports count); memory is the
 peak RssAnon polled from /proc (benchmarks/common.py) and ru_maxrss. `build_only_s`: building the target alone
 (`resolve_target`, after the imports), in another process. The runs are interleaved; the machine may be
