@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh requirements/*.txt | sha1sum | cut -c1-12)"
+# (the stamp covers the per-extra scripts too: a change there must reach their environments through this one)
+stamp="$VENV/.ckpt-setup-$(cat pyproject.toml constraints.txt scripts/setup*.sh requirements/*.txt | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
@@ -33,6 +34,9 @@ quiet .venv-np2/bin/python -m pip --disable-pip-version-check -q install 'numpy>
 # The [mmdet] extra in its own environment: mmdet 3.x needs mmcv *with compiled ops*, mmaction2 runs on mmcv-lite,
 # and both install the same `mmcv` package folder, so they never share a venv (tests marked `mmdet` run here).
 bash scripts/setup_mmdet.sh
+# The [mmdet3d] extra likewise in its own environment, .venv-mmdet3d (mmcv with ops again, plus mmdet3d's ~3 GB of
+# requirements: open3d, nuscenes-devkit, numba ...); tests marked `mmdet3d` run there.
+bash scripts/setup_mmdet3d.sh
 rm -f "$VENV"/.ckpt-setup-*
 touch "$stamp"
 echo "setup: $VENV ready ($($VENV/bin/python -c 'import torch,numpy;print("torch",torch.__version__,"numpy",numpy.__version__)'))" >&2

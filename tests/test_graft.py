@@ -215,3 +215,20 @@ def test_ema_section_keys_table_and_unmatched_rule_warning(fixtures_dir, manifes
     assert {k["status"] for k in r["keys"]} == {"loaded"}
     for key in run["state_dict_keys"]:
         assert f"\n{key} " in res.stdout  # one table row per tensor
+
+
+def test_a_factory_outside_the_working_directory_is_found_with_project_root(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    (project / "ckpt_graft_factory_mod.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))\n")
+    src = tmp_path / "src.pth"
+    torch.save({"0.weight": torch.ones(2, 3), "0.bias": torch.zeros(2)}, src)
+    monkeypatch.chdir(elsewhere)
+    spec = "ckpt_graft_factory_mod:build"
+    missing = ckpt(src, "--into", spec, "--dry-run")
+    assert missing.exit_code == 2 and "cannot import the factory module" in missing.stderr
+    r = as_json(ckpt(src, "--into", spec, "--project-root", project, "--dry-run", "--format", "json"))
+    assert r["loaded"]["tensors"] == 2 and r["new"]["modules"] == ["1"]
+    bad = ckpt(src, "--into", spec, "--project-root", tmp_path / "nowhere", "--dry-run")
+    assert bad.exit_code == 2 and "--project-root" in bad.stderr and bad.stderr.count("\n") == 1

@@ -28,6 +28,8 @@ def rule_option(name, metavar, help_):
 @click.option("--from", "sources", multiple=True, metavar="PREFIX=FILE",
               help="A source whose keys are named PREFIX.key (repeatable, for several sources).")
 @click.option("--cfg-options", cls=MultiOption, metavar="K=V", help="Override config entries (config targets).")
+@click.option("--project-root", type=click.Path(file_okay=False), metavar="DIR",
+              help="Config / factory targets: put DIR (and the current directory) on sys.path for custom_imports.")
 @rule_option("--map", "REGEX=REPL", "Rename: re.sub(REGEX, REPL, name), like mmengine revise_keys.")
 @rule_option("--strip-prefix", "P", "Remove P from names that start with it.")
 @rule_option("--add-prefix", "P", "Put P in front of every name.")
@@ -52,8 +54,8 @@ def rule_option(name, metavar, help_):
 @click.option("--fail-on", metavar="LIST", help="Exit 1 when any of new,mismatched,unused is not covered by a rule.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 @output_options
-def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, section, build, seed, depth, keys, dry_run,
-              fail_on, force, fmt, **_rule_values):
+def graft_cmd(source, target, out, sources, cfg_options, project_root, policy, inflate, section, build, seed, depth,
+              keys, dry_run, fail_on, force, fmt, **_rule_values):
     """Load SOURCE into the architecture TARGET by explicit rules; report what was loaded, what is new (and how
     it starts), what mismatched and what was left unused; write OUT and prove it loads strictly into TARGET
     with every loaded tensor bit-identical to its source. Optimizer state is not carried."""
@@ -67,7 +69,7 @@ def graft_cmd(source, target, out, sources, cfg_options, policy, inflate, sectio
     rules = click.get_current_context().meta.get(ORDER_KEY, [])
     _, report = run(src, target, rules, cfg_options=list(cfg_options) or None, on_shape_mismatch=policy,
                     inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
-                    dry_run=dry_run, fail_on=checks, build=build)
+                    dry_run=dry_run, fail_on=checks, build=build, project_root=project_root)
     warn_unmatched(report)
     finish(report.to_dict(), tables(report), fmt, failed=report.failed)
 

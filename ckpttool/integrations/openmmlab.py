@@ -92,7 +92,11 @@ def load_config(path, cfg_options: list[str] | dict | None = None, project_root=
     except Exception as exc:  # syntax errors, missing _base_ files, custom imports that fail, …
         hint = (" (custom_imports are imported from the current directory: run from the project folder, or pass "
                 "--project-root DIR / set PYTHONPATH)" if isinstance(exc, ImportError) else "")
-        raise CkptError(f"cannot read config {path}: {exc}{hint}") from exc
+        # mmengine wraps a failed custom import in an ImportError listing sys.path line by line: say the original
+        inner = exc.__cause__ or exc.__context__
+        shown = inner if isinstance(exc, ImportError) and isinstance(inner, ImportError) else exc
+        text = str(shown).strip().splitlines()[0] if str(shown).strip() else type(shown).__name__
+        raise CkptError(f"cannot read config {path}: {text}{hint}") from exc
     options = parse_cfg_options(cfg_options)
     if options:
         try:

@@ -350,7 +350,7 @@ def write(out: str, values: OrderedDict, meta: dict, plan: R.Plan, src: dict, ta
 # --- the whole run --------------------------------------------------------------------------------------------
 def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
         seed=0, depth=None, keys=False, out=None, force=False, dry_run=False, fail_on=(), progress=None,
-        build="auto"):
+        build="auto", project_root=None):
     """Everything `ckpt graft` does. Returns (values, GraftReport); values are lazy (TensorRef for loaded tensors),
     None when nothing was applied (dry run, or a `fail_on` check failed: then `report.failed` says why).
     `progress`: bars of the bytes read (hashing the sources), written and verified (ckpttool.report.progress)."""
@@ -368,7 +368,7 @@ def run(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, i
     if out is not None and not dry_run:
         check_output(out, inputs, force)
     log(f"graft: building the target {target if isinstance(target, (str, os.PathLike)) else type(target).__name__}")
-    tgt = resolve_target(target, cfg_options, seed, build=build)
+    tgt = resolve_target(target, cfg_options, seed, build=build, project_root=project_root)
     src = source_tensors(sources)
     plan = R.make_plan({k: (t.shape, t.dtype) for k, t in src.items()}, tgt.entries, rule_list, policy, inflate)
     report = build_report(plan, sources, tgt, depth, keys, progress)
@@ -402,14 +402,16 @@ def failures(report: dict, checks) -> str | None:
 
 
 def graft(source, target, rules=(), *, cfg_options=None, on_shape_mismatch=None, inflate=None, section=None,
-          seed=0, depth=None, keys=False, out=None, force=False, progress=None, build="auto"):
+          seed=0, depth=None, keys=False, out=None, force=False, progress=None, build="auto", project_root=None):
     """Graft `source` into `target`; returns (state_dict of torch tensors, GraftReport).
 
     source: a checkpoint path, or {prefix: path} for several. target: an mmengine config (.py, with
     `cfg_options`), `package.module:function`, a template checkpoint, or an nn.Module. rules: in order, as
     (kind, value) pairs or {kind: value} dicts (kinds: map, strip_prefix, add_prefix, copy, drop, only, init,
-    rules=FILE). With `out`, the result is also written and verified there (torch zip, or .safetensors)."""
+    rules=FILE). With `out`, the result is also written and verified there (torch zip, or .safetensors).
+    `project_root`: a folder put on sys.path (with the current directory) for a config's `custom_imports` or a
+    factory's module."""
     values, report = run(source, target, rules, cfg_options=cfg_options, on_shape_mismatch=on_shape_mismatch,
                          inflate=inflate, section=section, seed=seed, depth=depth, keys=keys, out=out, force=force,
-                         progress=progress, build=build)
+                         progress=progress, build=build, project_root=project_root)
     return OrderedDict((k, _as_torch(v)) for k, v in values.items()), report

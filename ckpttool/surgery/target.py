@@ -79,21 +79,23 @@ def _counts(entries) -> dict:
     return {"tensors": len(entries), "params": params}
 
 
-def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | None = None, build: str = "auto"):
+def resolve_target(spec, cfg_options=None, seed: int | None = 0, section: str | None = None, build: str = "auto",
+                   project_root=None):
     """A target from an nn.Module, a config path (`.py`), an existing checkpoint, or `package.module:function`.
     Configs are built with parameters on meta (`build` 'auto': falling back to the CPU with a note; 'meta';
-    'cpu'); call `materialise(keys)` on such a target before asking for `initial` values."""
+    'cpu'); call `materialise(keys)` on such a target before asking for `initial` values. `project_root` (and
+    the current directory) is on sys.path while a config's `custom_imports` or a factory's module is imported."""
     if not isinstance(spec, (str, os.PathLike)):
         return _module_target(lambda: spec, "module", type(spec).__name__, seed, init=False)
     text = os.fspath(spec)
     if cfg_options and not text.endswith(".py"):
         raise CkptError("--cfg-options needs a config (.py) as --into")
     if text.endswith(".py"):
-        return _config_target(text, cfg_options, seed, build)
+        return _config_target(text, cfg_options, seed, build, project_root)
     if os.path.exists(text):
         return TemplateTarget(text, section)
     if FACTORY.fullmatch(text):
-        return _module_target(lambda: _call_factory(text), "factory", text, seed, init=True)
+        return _module_target(lambda: _call_factory(text, project_root), "factory", text, seed, init=True)
     raise CkptError(f"target {text!r} is not a config (.py), an existing checkpoint, or a factory "
                     "package.module:function")
 
@@ -158,12 +160,12 @@ class MetaModuleTarget(ModuleTarget):
         return {**super().describe(), "build": self.build, "materialised": self.materialised}
 
 
-def _config_target(path: str, cfg_options, seed, build: str = "auto"):
+def _config_target(path: str, cfg_options, seed, build: str = "auto", project_root=None):
     from ckpttool.integrations.openmmlab import build_model, init_weights, load_config
 
     if build not in BUILDS:
         raise CkptError(f"build must be one of {', '.join(BUILDS)}, got {build!r}")
-    cfg = load_config(path, cfg_options)  # CkptError when missing or unreadable
+    cfg = load_config(path, cfg_options, project_root)  # CkptError when missing or unreadable
     options = list(cfg_options) if cfg_options and not isinstance(cfg_options, dict) else cfg_options
 
     def cpu_target():
@@ -210,12 +212,12 @@ def _module_target(make, kind, spec, seed, init):
     return ModuleTarget(model, kind, spec)
 
 
-def _call_factory(spec: str):
+def _call_factory(spec: str, project_root=None):
     module_name, _, attr = spec.partition(":")
     from ckpttool.integrations.openmmlab import import_paths
 
     try:
-        with import_paths():  # like `python -m`, let a factory in the working directory be found
+        with import_paths(project_root):  # like `python -m`, let a factory in the working directory be found
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CkptError(f"cannot import the factory module {module_name!r}: {exc}") from None
