@@ -91,6 +91,19 @@ def test_vectorised_equals_per_image_loop_on_real_files(ann, bench, name):
                 assert got[proto]["recall"][s] == 100 * ref[proto][s][1], (setup, proto, s)
 
 
+def test_the_benchmarks_mlpd_script_gives_the_published_numbers():
+    """bench_eval.py's baseline is the MLPD script's evaluate() re-implemented step for step: same numbers."""
+    spec = importlib.util.spec_from_file_location("mlpd_script", ROOT / "benchmarks" / "mlpd_script.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    got = script.evaluate(str(ANN), str(DETS / "MLPD_result.txt"))
+    assert [round(100 * got[s], 2) for s in ("all", "day", "night", "recall")] == [7.58, 7.96, 6.95, 96.70]
+    ours = evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN))["methods"][0]
+    for s in ("all", "day", "night"):
+        assert 100 * got[s] == pytest.approx(ours["MR"][s], abs=1e-9)
+    assert 100 * got["recall"] == pytest.approx(ours["recall"]["all"], abs=1e-9)
+
+
 def test_ap_equals_per_image_loop_on_a_real_file(ann, bench):
     det = load_detections(str(DETS / "MBNet_result.txt"), ann)
     got = evaluate_detections(ann, det, "Reasonable")
@@ -220,41 +233,168 @@ def test_mmdet_pickle_gives_the_same_numbers_as_txt(tmp_path, ann):
         assert a[key] == b[key]
 
 
+def _one_line_error(path, ann):
+    with pytest.raises(FormatError) as e:
+        load_detections(str(path), ann)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
 @pytest.mark.parametrize("text, where, what", [
     ("1,2,3,4,5,0.5\n2,3,x,5,6,0.5\n", ":2:", "not a number: 'x'"),
-    ("1,2,3,4,5,0.5\n1,2,3,4,5\n", ":2:", "expected 6 comma-separated values"),
+    ("1,2,3,4,5,0.5\n1,2,3,4,5\n", ":2:", "expected 6 comma-separated values image_index,x,y,w,h,score, got 5"),
+    ("1,2,3,4,5,0.5\n1,2,3,4,5,0.5,7\n", ":2:", "expected 6 comma-separated values"),
     ("1,2,3,4,5,0.5\n\n2253,2,3,4,5,0.5\n", ":3:", "image index 2253 out of range 1..2252"),
-    ("0,2,3,4,5,0.5\n", ":1:", "out of range"),
+    ("0,2,3,4,5,0.5\n", ":1:", "image index 0 out of range"),
+    ("1,2,3,4,5,0.5\n1.5,2,3,4,5,0.5\n", ":2:", "image index must be an integer, got 1.5"),
+    ("1,2,3,4,5,0.5\n1,2,nan,4,5,0.5\n", ":2:", "values must be finite numbers"),
+    ("1,2,3,4,5,inf\n", ":1:", "values must be finite numbers"),
+    ("1,2,3,4,5,0.5\n1,2,3,-4,5,0.5\n", ":2:", "box width and height must not be negative"),
+    ("1,2,3,4,-0.5,0.5\n", ":1:", "box width and height must not be negative"),
+    ("1,2,3,4,5,0.5\n1,2,3,4,5,1.5\n", ":2:", "score must be in [0, 1], got 1.5"),
+    ("1,2,3,4,5,-0.01\n", ":1:", "score must be in [0, 1], got -0.01"),
+    # the first bad line wins, whatever its problem
+    ("1,2,3,4,5,0.5\n1,2,3,-4,5,0.5\n1,2,3,4,5\n", ":2:", "must not be negative"),
+    ("1,2,3,4,5,0.5\n1,2,3,4,5,2\n1,x,3,4,5,0.5\n", ":2:", "score must be in [0, 1]"),
+    ("1,2,3,4,5,0.5\n1,x,3,4,5,0.5\n1,2,3,4,5,2\n", ":2:", "not a number: 'x'"),
     ("", "", "empty file"),
 ])
 def test_malformed_txt_names_file_and_line(tmp_path, ann, text, where, what):
     path = tmp_path / "bad_result.txt"
     path.write_text(text)
-    with pytest.raises(FormatError) as e:
-        load_detections(str(path), ann)
-    msg = str(e.value)
-    assert msg.startswith("bad_result.txt" + where) and what in msg and "\n" not in msg
+    msg = _one_line_error(path, ann)
+    assert msg.startswith("bad_result.txt" + where + (" " if where else "")) and what in msg, msg
 
 
-@pytest.mark.parametrize("data, what", [
-    ({"image_id": 0}, "expected a JSON list"),
-    ([{"image_id": 0, "bbox": [1, 2, 3], "score": 0.5}], "item 0: 'bbox' must be 4 finite numbers"),
-    ([{"image_id": 0, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": 5000, "bbox": [1, 2, 3, 4], "score": 1}],
-     "item 1: image_id 5000 is not in the annotation file"),
-    ([{"image_id": 0, "bbox": [1, 2, 3, 4]}], "item 0: 'score' must be a finite number"),
+def test_txt_image_index_the_annotation_does_not_have(tmp_path):
+    ann = load_annotations(write_ann(tmp_path, [DAY, DAY.replace("19", "39")], [(0, BOX, 100, 0, 0)]))
+    ann.image_ids[1] = 5   # ids 0 and 5: index 3 is in range 1..6 but names no image
+    path = write_txt(tmp_path, [(1, 1, 2, 3, 4, 0.5), (6, 1, 2, 3, 4, 0.5), (3, 1, 2, 3, 4, 0.5)])
+    assert _one_line_error(path, ann) == "M_result.txt:3: image index 3 names no image of the annotation file"
+
+
+def _record(**kw):
+    return {"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5, **kw}
+
+
+@pytest.mark.parametrize("items, k, what", [
+    ([_record(bbox=[1, 2, 3])], 0, "'bbox' must be 4 finite numbers [x, y, w, h], got [1, 2, 3]"),
+    ([_record(), _record(bbox=[[1, 2], [3, 4]])], 1, "'bbox' must be 4 finite numbers"),
+    ([_record(), _record(bbox=[1, 2, "3", 4])], 1, "'bbox' must be 4 finite numbers"),
+    ([_record(), _record(bbox=[1, 2, float("nan"), 4])], 1,
+     "'bbox' must be 4 finite numbers [x, y, w, h], got [1, 2, nan, 4]"),
+    ([_record(), _record(score=float("nan"))], 1, "'score' must be a finite number, got nan"),
+    ([_record(), _record(score=float("inf"))], 1, "'score' must be a finite number, got inf"),
+    ([_record(), _record(bbox=[1, 2, -3, 4])], 1, "'bbox' width and height must not be negative, got [1, 2, -3, 4]"),
+    ([_record(), _record(bbox=[1, 2, 3, -0.5])], 1, "'bbox' width and height must not be negative"),
+    ([_record(), _record(score=1.5)], 1, "'score' must be in [0, 1], got 1.5"),
+    ([_record(score=-0.25)], 0, "'score' must be in [0, 1], got -0.25"),
+    ([_record(), _record(image_id=1.5)], 1, "image_id must be an integer, got 1.5"),
+    ([_record(), _record(image_id=5000)], 1, "image_id 5000 is not in the annotation file"),
+    ([_record(), _record(image_id=-1)], 1, "image_id -1 is not in the annotation file"),
+    ([_record(), _record(image_id="0")], 1, "'image_id' must be a finite number, got '0'"),
+    ([_record(), _record(image_id=True)], 1, "'image_id' must be a finite number, got True"),
+    ([_record(), _record(score=None)], 1, "'score' must be a finite number, got None"),
+    ([_record(), {"image_id": 0, "bbox": [1, 2, 3, 4]}], 1, "'score' must be a finite number, got None"),
+    ([_record(), [0, 1, 2, 3]], 1, "expected an object, got list"),
+    ([_record(), _record(category_id="person")], 1, "'category_id' must be a finite number, got 'person'"),
+    # the first bad item wins, whatever its problem and whichever path (whole arrays or item by item) finds it
+    ([_record(), _record(score=2.0), _record(score="high")], 1, "'score' must be in [0, 1], got 2.0"),
+    ([_record(), _record(bbox=[1, 2, -3, 4]), {"image_id": 0}], 1, "must not be negative"),
+    ([_record(), _record(image_id=7.5), _record(score=True)], 1, "image_id must be an integer, got 7.5"),
+    ([_record(), _record(score=True), _record(score=7)], 1, "'score' must be a finite number, got True"),
 ])
-def test_malformed_json_names_file_and_item(tmp_path, ann, data, what):
+def test_malformed_json_names_file_and_item(tmp_path, ann, items, k, what):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(FormatError, match="^bad.json") as e:
-        load_detections(str(path), ann)
-    assert what in str(e.value)
+    path.write_text(json.dumps(items))      # NaN and Infinity as Python's json writes them
+    msg = _one_line_error(path, ann)
+    assert msg.startswith(f"bad.json:item {k}: ") and what in msg, msg
+
+
+@pytest.mark.parametrize("text, what", [
+    ('{"image_id": 0}', "bad.json: expected a JSON list of {image_id, bbox, score} objects, got dict"),
+    ("[]", "bad.json: empty list (no detections)"),
+    ('[{"image_id": 0,', "bad.json:1: invalid JSON"),
+    ("[" * 100000 + "]" * 100000, "bad.json"),
+    ("", "bad.json: empty file"),
+])
+def test_json_that_is_not_a_result_list(tmp_path, ann, text, what):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    assert _one_line_error(path, ann).startswith(what)
+
+
+def test_json_read_item_by_item_gives_the_whole_array_result(tmp_path, ann):
+    """A JSON true anywhere sends the file to the item-by-item path; the arrays are the same."""
+    items = json.loads((DETS / "MLPD_result.json").read_text())
+    fast = load_detections(str(DETS / "MLPD_result.json"), ann)
+    items[-1]["iscrowd"] = False
+    path = tmp_path / "MLPD_result.json"
+    path.write_text(json.dumps(items))
+    slow = load_detections(str(path), ann)
+    for key in ("img", "box", "score"):
+        a, b = getattr(fast, key), getattr(slow, key)
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+
+
+def _mmdet_dump(tmp_path, ann, items):
+    """A tools/test.py --out pickle: items are (image index, bboxes x1y1x2y2, scores[, labels])."""
+    torch = pytest.importorskip("torch")
+    results = []
+    for it in items:
+        i, b, s = it[:3]
+        lab = it[3] if len(it) > 3 else [0] * len(s)
+        set_, v, frame = ann.im_names[i].split("/") if isinstance(i, int) else i.split("/")
+        results.append({"img_id": i, "img_path": f"data/kaist/test/{set_}/{v}/visible/{frame}.jpg",
+                        "pred_instances": {"bboxes": torch.tensor(b, dtype=torch.float32).reshape(len(b), -1),
+                                           "scores": torch.tensor(s, dtype=torch.float32),
+                                           "labels": torch.tensor(lab, dtype=torch.int64)}})
+    path = tmp_path / "bad.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(results, f)
+    return path
+
+
+GOOD = (0, [[10, 20, 30, 60]], [0.5])
+
+
+@pytest.mark.parametrize("items, where, what", [
+    ([GOOD, (1, [[10, 20, 30]], [0.5])], "item 1", "pred_instances shapes do not fit: bboxes (1, 3), scores (1,)"),
+    ([GOOD, (1, [[10, 20, 30, 60]], [0.5, 0.6])], "item 1", "pred_instances shapes do not fit"),
+    ([GOOD, (1, [[10, 20, 30, 60], [10, float("nan"), 30, 60]], [0.5, 0.6])], "item 1, box 1",
+     "bboxes must be finite numbers, got [10.0, nan, 30.0, 60.0]"),
+    ([GOOD, (1, [[10, 20, 30, 60]], [float("inf")])], "item 1, box 0", "scores must be finite numbers"),
+    ([GOOD, (1, [[10, 20, 30, 60], [30, 20, 10, 60]], [0.5, 0.6])], "item 1, box 1",
+     "bboxes are x1, y1, x2, y2 with x2 >= x1 and y2 >= y1, got [30.0, 20.0, 10.0, 60.0]"),
+    ([GOOD, (1, [[10, 20, 30, 60]], [1.5])], "item 1, box 0", "scores must be in [0, 1], got 1.5"),
+    ([GOOD, ("set99/V000/I00001", [[10, 20, 30, 60]], [0.5])], "item 1", "names no image of the annotation file"),
+    # the first bad item wins
+    ([GOOD, (1, [[10, 20, 30, 60]], [1.5]), (2, [[10, 20, 30]], [0.5])], "item 1, box 0", "scores must be in [0, 1]"),
+    ([GOOD, ("set99/V000/I00001", [[10, 20, 30, 60]], [0.5]), (2, [[10, 20, 30, 60]], [1.5])], "item 1",
+     "names no image"),
+])
+def test_malformed_mmdet_dump_names_file_item_and_box(tmp_path, ann, items, where, what):
+    msg = _one_line_error(_mmdet_dump(tmp_path, ann, items), ann)
+    assert msg.startswith(f"bad.pkl:{where}: ") and what in msg, msg
+
+
+def test_mmdet_dump_without_pred_instances(tmp_path, ann):
+    path = _mmdet_dump(tmp_path, ann, [GOOD])
+    data = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps(data + [{"img_path": data[0]["img_path"]}]))
+    assert _one_line_error(path, ann).startswith("bad.pkl:item 1: expected a dict with 'pred_instances'")
 
 
 def test_bad_annotation_and_options(tmp_path):
     bad = tmp_path / "ann.json"
     bad.write_text(json.dumps({"images": [{"id": 0, "im_name": DAY}], "annotations": [{"image_id": 0}]}))
     with pytest.raises(FormatError, match=r"^ann.json:annotations\[0\]: 'bbox'"):
+        load_annotations(str(bad))
+    gts = [{"id": 1, "image_id": 0, "bbox": [1, 2, 3, 4], "height": 4, "occlusion": 0},
+           {"id": 2, "image_id": 3, "bbox": [1, 2, 3, 4], "height": 4, "occlusion": 0}]
+    bad.write_text(json.dumps({"images": [{"id": 0, "im_name": DAY}], "annotations": gts}))
+    with pytest.raises(FormatError, match=r"^ann.json:annotations\[1\]: image_id 3 is not in 'images'$"):
         load_annotations(str(bad))
     with pytest.raises(CkptError, match="unknown setup"):
         evaluate_kaist([str(DETS / "MLPD_result.txt")], str(ANN), setup="Easy")
