@@ -441,3 +441,90 @@ def test_random_scenes_match_the_loops(bench, seed):
         for s in ("all", "day"):
             ap11, area = bench.loop_voc_ap(ann, det, ignored, s)
             assert (got["AP50"][s], got["AP50_area"][s]) == (100 * ap11, 100 * area), (setup, s)
+
+
+# -- random result files: the whole-array checks against a record-by-record reference ---------------------------
+def _ref_first_bad_item(items, ids):
+    """The index of the first bad item of a COCO-style result list, checked one item at a time, or None."""
+    def num(v):
+        return type(v) is float or (type(v) is int and -1e308 < v < 1e308)
+
+    for i, d in enumerate(items):
+        if not isinstance(d, dict):
+            return i
+        b, fields = d.get("bbox"), [d.get("image_id"), d.get("score"), d.get("category_id", 1)]
+        if not isinstance(b, list) or len(b) != 4 or not all(map(num, b + fields)):
+            return i
+        x, y, w, h, image_id, score, cat = map(float, b + fields)
+        if not all(map(np.isfinite, (x, y, w, h, image_id, score, cat))) or w < 0 or h < 0 or not 0 <= score <= 1 \
+                or image_id != round(image_id) or (cat == 1 and image_id not in ids):
+            return i
+    return None
+
+
+def _random_value(rng, good):
+    odd = [True, False, None, "1", float("nan"), float("inf"), -1, 1.5, 2**70, 10**400, [1], {"a": 1}, -0.5, 2.0, 5000]
+    return good if rng.random() < 0.9 else odd[rng.integers(len(odd))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_json_results_fail_on_the_first_bad_item(tmp_path, ann, seed):
+    rng = np.random.default_rng(seed)
+    ids = set(ann.image_ids.tolist())
+    path = tmp_path / "r.json"
+    for _ in range(100):
+        items = [{"image_id": int(rng.integers(2252)), "category_id": 1, "bbox": rng.uniform(0, 100, 4).tolist(),
+                  "score": float(rng.random())} for _ in range(int(rng.integers(1, 20)))]
+        for d in items[1:] if rng.random() < 0.7 else ():      # some files stay clean
+            for key in list(d):
+                d[key] = _random_value(rng, d[key]) if key != "bbox" else [_random_value(rng, v) for v in d[key]]
+            if rng.random() < 0.02:
+                del d["score"]
+        try:
+            path.write_text(json.dumps(items))
+        except OverflowError:
+            continue
+        want = _ref_first_bad_item(items, ids)
+        if want is None:
+            det = load_detections(str(path), ann)
+            person = [d for d in items if d.get("category_id", 1) == 1]
+            assert det.box.tolist() == [[float(v) for v in d["bbox"]] for d in person]
+            assert det.score.tolist() == [float(d["score"]) for d in person]
+            assert ann.image_ids[det.img].tolist() == [int(d["image_id"]) for d in person]
+        else:
+            assert _one_line_error(path, ann).startswith(f"r.json:item {want}: ")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_txt_results_fail_on_the_first_bad_line(tmp_path, ann, seed):
+    rng = np.random.default_rng(seed)
+    odd = ["x", "", " ", "nan", "inf", "-1", "1.5", "2253", "0", " 3 ", "1e400", "-0.0"]
+    path = tmp_path / "r_result.txt"
+    for _ in range(100):
+        lines = []
+        for _ in range(int(rng.integers(1, 20))):
+            vals = [str(int(rng.integers(1, 2253)))] + [repr(float(v)) for v in rng.uniform(0, 100, 4)] + \
+                [repr(float(rng.random()))]
+            vals = [v if rng.random() < 0.95 else odd[rng.integers(len(odd))] for v in vals]
+            lines.append(",".join(vals[:int(rng.choice([6] * 30 + [5, 7]))]) if rng.random() > 0.03 else "")
+        path.write_text("\n".join(lines) + "\n")
+        want = None
+        for n, line in enumerate(lines, 1):
+            try:
+                i, x, y, w, h, s = map(float, line.split(",")) if line.strip() else [1, 0, 0, 0, 0, 0]
+            except ValueError:
+                want = n
+                break
+            if not all(map(np.isfinite, (i, x, y, w, h, s))) or w < 0 or h < 0 or not 0 <= s <= 1 \
+                    or i != round(i) or not 1 <= i <= 2252:
+                want = n
+                break
+        if not any(line.strip() for line in lines):
+            assert "empty file" in _one_line_error(path, ann)
+        elif want is None:
+            rows = [list(map(float, line.split(","))) for line in lines if line.strip()]
+            det = load_detections(str(path), ann)
+            assert det.box.tolist() == [r[1:5] for r in rows] and det.score.tolist() == [r[5] for r in rows]
+            assert (det.img + 1).tolist() == [int(r[0]) for r in rows]
+        else:
+            assert _one_line_error(path, ann).startswith(f"r_result.txt:{want}: ")
