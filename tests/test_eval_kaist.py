@@ -210,24 +210,17 @@ def test_ap_hand_computed(tmp_path):
 
 # -- input formats -----------------------------------------------------------------------------------------------
 def test_mmdet_pickle_gives_the_same_numbers_as_txt(tmp_path, ann):
-    torch = pytest.importorskip("torch")
     arr = np.loadtxt(DETS / "MLPD_result.txt", delimiter=",")[:2000]
     arr[:, 1:5] = np.round(arr[:, 1:5] * 4) / 4                  # exactly representable in float32
     arr[:, 5] = arr[:, 5].astype(np.float32)
     txt = tmp_path / "A_result.txt"
     txt.write_text("".join(f"{int(r[0])},{r[1]!r},{r[2]!r},{r[3]!r},{r[4]!r},{r[5]!r}\n" for r in arr))
-    results = []
+    items = []
     for i in np.unique(arr[:, 0]).astype(int):
         rows = arr[arr[:, 0] == i]
         x1y1x2y2 = np.column_stack([rows[:, 1], rows[:, 2], rows[:, 1] + rows[:, 3], rows[:, 2] + rows[:, 4]])
-        set_, v, frame = ann.im_names[i - 1].split("/")
-        results.append({"img_id": int(i - 1), "img_path": f"data/kaist/test/{set_}/{v}/lwir/{frame}.png",
-                        "pred_instances": {"bboxes": torch.tensor(x1y1x2y2, dtype=torch.float32),
-                                           "scores": torch.tensor(rows[:, 5], dtype=torch.float32),
-                                           "labels": torch.zeros(len(rows), dtype=torch.int64)}})
-    pkl = tmp_path / "B_result.pkl"
-    with open(pkl, "wb") as f:
-        pickle.dump(results, f)
+        items.append((int(i - 1), x1y1x2y2, rows[:, 5]))
+    pkl = _mmdet_dump(tmp_path, ann, items, "B_result.pkl")
     a, b = evaluate_kaist([str(txt), str(pkl)], str(ANN))["methods"]
     for key in ("protocols", "AP50", "AP50_area", "images_without_detections"):
         assert a[key] == b[key]
@@ -338,19 +331,18 @@ def test_json_read_item_by_item_gives_the_whole_array_result(tmp_path, ann):
         assert np.array_equal(a, b) and a.dtype == b.dtype
 
 
-def _mmdet_dump(tmp_path, ann, items):
-    """A tools/test.py --out pickle: items are (image index, bboxes x1y1x2y2, scores[, labels])."""
+def _mmdet_dump(tmp_path, ann, items, name="bad.pkl"):
+    """A tools/test.py --out pickle: items are (image index or 'setNN/VNNN/INNNNN', bboxes x1y1x2y2, scores)."""
     torch = pytest.importorskip("torch")
     results = []
-    for it in items:
-        i, b, s = it[:3]
-        lab = it[3] if len(it) > 3 else [0] * len(s)
+    for i, b, s in items:
         set_, v, frame = ann.im_names[i].split("/") if isinstance(i, int) else i.split("/")
-        results.append({"img_id": i, "img_path": f"data/kaist/test/{set_}/{v}/visible/{frame}.jpg",
-                        "pred_instances": {"bboxes": torch.tensor(b, dtype=torch.float32).reshape(len(b), -1),
-                                           "scores": torch.tensor(s, dtype=torch.float32),
-                                           "labels": torch.tensor(lab, dtype=torch.int64)}})
-    path = tmp_path / "bad.pkl"
+        b, s = np.asarray(b, dtype=np.float32), np.asarray(s, dtype=np.float32)
+        results.append({"img_id": i, "img_path": f"data/kaist/test/{set_}/{v}/lwir/{frame}.png",
+                        "pred_instances": {"bboxes": torch.from_numpy(b.reshape(len(b), -1)),
+                                           "scores": torch.from_numpy(s),
+                                           "labels": torch.zeros(len(s), dtype=torch.int64)}})
+    path = tmp_path / name
     with open(path, "wb") as f:
         pickle.dump(results, f)
     return path
