@@ -92,8 +92,9 @@ def _lookup(image_ids, image_id):
 
 
 def _read_json(path):
-    """(the parsed JSON, its text). The cyclic garbage collector pauses while the parser builds the 10^5 small
-    objects of a result file: each of the hundreds of collections they would trigger finds nothing."""
+    """(the parsed JSON, its text). The cyclic garbage collector pauses while the parser builds the 10^4-10^5
+    small dicts and lists of a result file: the collections they would trigger find nothing to free and cost ~10 %
+    of the parse."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -370,15 +371,15 @@ def _mmdet_items(data, ann):
             return img, i, "expected a dict with 'pred_instances' {bboxes, scores, labels}", cols
         if img[i] < 0:
             return img, i, (f"img_path {_show(item.get('img_path'))} names no image of the annotation file "
-                       f"{os.path.basename(ann.path)}"), cols
+                            f"{os.path.basename(ann.path)}"), cols
         arrays = [np.asarray(_array(pred[k])) for k in _MMDET_FIELDS]
         if any(a.dtype.kind not in "biuf" for a in arrays):
             return img, i, "pred_instances must hold numeric arrays", cols
         n = len(arrays[0]) if arrays[0].ndim else -1
         if not (arrays[0].shape == (n, 4) and arrays[1].shape == arrays[2].shape == (n,)) \
                 and not all(a.size == 0 for a in arrays):
-            return img, i, (f"pred_instances shapes do not fit: bboxes {arrays[0].shape}, scores {arrays[1].shape}, "
-                       f"labels {arrays[2].shape}"), cols
+            return img, i, (f"pred_instances shapes do not fit: bboxes {arrays[0].shape}, "
+                            f"scores {arrays[1].shape}, labels {arrays[2].shape}"), cols
         for col, a, shape in zip(cols, arrays, ((-1, 4), (-1,), (-1,))):
             col.append(a.astype(np.float64).reshape(shape))
     return img, len(data), None, cols
