@@ -82,7 +82,10 @@ def _show(value, limit=80):
 
 
 def _score_range(score, shown, name="'score'"):
-    return ~((score >= 0) & (score <= 1)), lambda k: f"{name} must be in [0, 1], got {shown(k)}"
+    """Scores are confidences in [0, 1]; the metrics only use their order, so the message says how to fix a file
+    of unbounded scores (older detectors' margins)."""
+    return ~((score >= 0) & (score <= 1)), \
+        lambda k: f"{name} must be in [0, 1], got {shown(k)} (only their order counts: rescale them)"
 
 
 def _lookup(image_ids, image_id):
