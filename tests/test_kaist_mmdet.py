@@ -109,21 +109,29 @@ def test_fixture_is_a_genuine_runner_checkpoint_with_its_val_metric(kx):
     assert row["evaluator"]["pascal_voc/mAP"] == pytest.approx(kx["best_map"], abs=1e-9)
 
 
-def test_evaluator_equals_runner_test_plain_and_with_the_configs_tta(kx, tmp_path):
+@pytest.fixture(scope="module")
+def runner_plain(kx, tmp_path_factory):
+    """One plain Runner.test() with tools/test.py's --out dump: (its metrics, the dump pickle)."""
+    tmp = tmp_path_factory.mktemp("runner")
+    dump = tmp / "runner.pkl"
+    return _runner_test(kx, tmp, dump=dump), dump
+
+
+def test_evaluator_equals_runner_test_plain_and_with_the_configs_tta(kx, tmp_path, runner_plain):
     result = _eval(kx, tta="none,config")
     rows = {m["name"]: m for m in result["methods"]}
-    plain = _runner_test(kx, tmp_path / "a")
+    plain, _ = runner_plain
     tta = _runner_test(kx, tmp_path / "b", tta=True)
+    assert set(plain) == {"pascal_voc/mAP", "pascal_voc/AP50"}
     assert rows["none"]["evaluator"] == plain
     assert rows["config"]["evaluator"] == tta
     assert len(rows["config"]["views"]) == 4 and rows["none"]["views"] == [rows["config"]["views"][1]]
 
 
-def test_mr_equals_preds_on_the_pickle_runner_test_dumps(kx, tmp_path):
+def test_mr_equals_preds_on_the_pickle_runner_test_dumps(kx, tmp_path, runner_plain):
     from ckpttool.metrics.kaist import evaluate_kaist
 
-    dump = tmp_path / "runner.pkl"
-    _runner_test(kx, tmp_path, dump=dump)
+    _, dump = runner_plain
     ours = _eval(kx, dump=str(tmp_path / "dump"))["methods"][0]
     theirs = evaluate_kaist([str(dump)], kx["test_ann"])["methods"][0]
     for key in ("MR", "recall", "AP50", "protocols"):
@@ -250,17 +258,25 @@ def _cli(args, cwd, env_extra=None):
                           text=True, timeout=600)
 
 
-def test_cli_resolves_custom_imports_from_another_directory_with_project_root(kx, tmp_path):
-    args = ["eval", kx["config"], kx["checkpoint"], "--task", "kaist", "--ann", kx["test_ann"], "--limit", "2",
-            "--device", "cpu", "--format", "json"]
-    bad = _cli(args, cwd=tmp_path)
+def _cli_args(kx):
+    return ["eval", kx["config"], kx["checkpoint"], "--task", "kaist", "--ann", kx["test_ann"], "--limit", "4",
+            "--tta", "none,flip", "--device", "cpu", "--format", "json"]
+
+
+@pytest.fixture(scope="module")
+def cli_single(kx, tmp_path_factory):
+    """One single-process CLI run from another directory with --project-root (the CLI and torchrun tests)."""
+    return _cli(_cli_args(kx) + ["--project-root", str(SUPPORT)], cwd=tmp_path_factory.mktemp("cli"))
+
+
+def test_cli_resolves_custom_imports_from_another_directory_with_project_root(kx, tmp_path, cli_single):
+    bad = _cli(_cli_args(kx), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "kaist_twostream" in bad.stderr
-    ok = _cli(args + ["--project-root", str(SUPPORT), "--tta", "none,flip"], cwd=tmp_path)
-    assert ok.returncode == 0, ok.stderr
-    out = json.loads(ok.stdout)
+    assert cli_single.returncode == 0, cli_single.stderr
+    out = json.loads(cli_single.stdout)
     assert [m["name"] for m in out["methods"]] == ["none", "flip"]
-    assert out["limit"] == 2 and "pascal_voc/mAP" in out["methods"][0]["evaluator"]
+    assert out["limit"] == 4 and "pascal_voc/mAP" in out["methods"][0]["evaluator"]
 
 
 def test_bad_tta_and_unknown_images_are_one_line_errors(kx, tmp_path):
@@ -279,10 +295,9 @@ def test_bad_tta_and_unknown_images_are_one_line_errors(kx, tmp_path):
         _eval(kx, ann=str(ann), limit=1)
 
 
-def test_launcher_pytorch_shards_the_images_and_gives_the_single_process_rows(kx, tmp_path):
-    args = ["eval", kx["config"], kx["checkpoint"], "--task", "kaist", "--ann", kx["test_ann"], "--limit", "4",
-            "--tta", "none,flip", "--device", "cpu", "--format", "json", "--project-root", str(SUPPORT)]
-    single = _cli(args, cwd=tmp_path)
+def test_launcher_pytorch_shards_the_images_and_gives_the_single_process_rows(kx, tmp_path, cli_single):
+    args = _cli_args(kx) + ["--project-root", str(SUPPORT)]
+    single = cli_single
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ckpttool"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")

@@ -1,28 +1,35 @@
 """Reading KAIST annotations and detection files into flat numpy arrays.
 
-Errors are `FormatError`s with one line that names the file and the line (txt) or item (json/pickle).
+Every error is a `FormatError` of one line that names the file and the first bad record: the line (txt), the item
+(json; ``annotations[i]`` in the annotation file) or the item and box (mmdet pickle). Records are checked and
+converted as whole numpy arrays (4 box values, finite numbers, width and height not negative, scores in [0, 1],
+integer image ids that the annotation knows); only a file that fails a cheap whole-file test (a value that is not
+a number, a missing key, a ragged box, a JSON true/false) is walked record by record, to name the record.
 
 - annotation json: ``{"images": [{id, im_name}], "annotations": [{id, image_id, bbox [x,y,w,h], height,
   occlusion, ignore}]}`` (category 1 = person; other categories are dropped, as the MLPD script does)
-- txt: ``image_index(1-based),x,y,w,h,score`` per line
+- txt: ``image_index(1-based),x,y,w,h,score`` per line (values read by ``float``, as the MLPD script reads them)
 - json: ``[{image_id (0-based), category_id, bbox [x,y,w,h], score}]``
 - mmdet 3.x dump pickle: ``[{img_path, pred_instances: {bboxes (x1y1x2y2), scores, labels}}]``; label 0 is the
   person class; images are found by the ``setNN/VNNN/INNNNN`` name inside ``img_path``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 from dataclasses import dataclass
+from itertools import chain, compress
+from operator import itemgetter, methodcaller
 
 import numpy as np
 
 from ckpttool.errors import FormatError
 
 DAY_SETS = ("set06", "set07", "set08")
-_HAS_BOOL: dict = {}  # path -> whether its last read JSON text has a true/false literal
 _NAME_RE = re.compile(r"(set\d\d)[/\\_-]+(V\d\d\d)[/\\_-]+(?:.*[/\\_-])?(I\d{5})")
+_MMDET_FIELDS = ("bboxes", "scores", "labels")
 
 
 @dataclass
@@ -53,7 +60,44 @@ def _fail(path, where, msg):
     raise FormatError(f"{loc}: {msg}")
 
 
+def _first_bad(path, where, checks):
+    """Fail on the first record any check flags, with the message of the first check that flags it.
+
+    ``checks``: ``(bad, message)`` pairs, ``bad`` a bool array over the records (shorter arrays cover the first
+    records), ``message(k)`` the text for record k; ``where(k)`` names record k."""
+    flagged = [(int(np.argmax(bad)), i) for i, (bad, _) in enumerate(checks) if bad.any()]
+    if flagged:
+        k, i = min(flagged)
+        _fail(path, where(k), checks[i][1](k))
+
+
+def _at(n, k):
+    """A bad-record mask that flags record ``k`` only (a problem found while walking the records)."""
+    return np.arange(n) == k
+
+
+def _show(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _score_range(score, shown, name="'score'"):
+    """Scores are confidences in [0, 1]; the metrics only use their order, so the message says how to fix a file
+    of unbounded scores (older detectors' margins)."""
+    return ~((score >= 0) & (score <= 1)), \
+        lambda k: f"{name} must be in [0, 1], got {shown(k)} (only their order counts: rescale them)"
+
+
+def _lookup(image_ids, image_id):
+    """(position of each of ``image_id`` in the sorted ``image_ids``, whether it is there)."""
+    pos = np.minimum(np.searchsorted(image_ids, image_id), len(image_ids) - 1)
+    return pos, image_ids[pos] == image_id
+
+
 def _read_json(path):
+    """(the parsed JSON, its text). The cyclic garbage collector pauses while the parser builds the 10^4-10^5
+    small dicts and lists of a result file: the collections they would trigger find nothing to free and cost ~10 %
+    of the parse."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -63,33 +107,21 @@ def _read_json(path):
         _fail(path, None, f"not UTF-8 text (byte {exc.start})")
     if not text.strip():
         _fail(path, None, "empty file")
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        data = json.loads(text)
+        return json.loads(text), text
     except json.JSONDecodeError as exc:
         _fail(path, exc.lineno, f"invalid JSON: {exc.msg}")
-    # numpy turns a JSON true/false among numbers into 1/0: files that have such a literal anywhere are checked
-    # record by record instead (see _records)
-    _HAS_BOOL[path] = "true" in text or "false" in text
-    return data
-
-
-def _num(path, where, item, key):
-    value = item.get(key) if isinstance(item, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        _fail(path, where, f"'{key}' must be a finite number, got {value!r}")
-    return value
-
-
-def _box(path, where, item):
-    b = item.get("bbox") if isinstance(item, dict) else None
-    if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in b):
-        _fail(path, where, f"'bbox' must be 4 finite numbers [x, y, w, h], got {b!r}")
-    return b
+    except RecursionError:
+        _fail(path, None, "invalid JSON: nested too deeply")
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_annotations(path: str) -> Annotations:
-    data = _read_json(path)
+    data, text = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         _fail(path, None, "expected a KAIST annotation object with 'images' and 'annotations' lists")
@@ -111,84 +143,108 @@ def load_annotations(path: str) -> Annotations:
         _fail(path, None, "duplicate image ids")
     names = [names[i] for i in order]
     anns = data["annotations"]
-    arr = _records(path, anns, ("image_id", "height", "occlusion", "ignore", "id"), lambda i: f"annotations[{i}]",
-                   defaults={"ignore": 0, "category_id": 1}, keep_category=True)
-    keep = arr["category_id"] == 1
-    box = arr["bbox"][keep]
-    cols = {k: v[keep] for k, v in arr.items()}
-    pos = np.searchsorted(image_ids, cols["image_id"])
-    bad = (pos >= len(image_ids)) | (image_ids[np.minimum(pos, len(image_ids) - 1)] != cols["image_id"])
-    if bad.any():
-        _fail(path, None, f"an annotation refers to image_id {cols['image_id'][np.argmax(bad)]:g}, which is not in "
-                          "'images'")
-    return Annotations(path, image_ids, names, np.array([n[:5] in DAY_SETS for n in names]), pos,
-                       box, cols["height"], cols["occlusion"].astype(np.int64), cols["ignore"] != 0,
+    cols, checks = _records(anns, text, ("image_id", "height", "occlusion", "ignore", "id", "category_id"),
+                            defaults={"ignore": 0, "category_id": 1})
+    pos, known = _lookup(image_ids, cols["image_id"])
+    person = cols["category_id"] == 1
+    checks.append((person & ~known, lambda k: f"image_id {_show(anns[k]['image_id'])} is not in 'images'"))
+    _first_bad(path, lambda k: f"annotations[{k}]", checks)
+    cols = {k: v[person] for k, v in cols.items()}
+    return Annotations(path, image_ids, names, np.array([n[:5] in DAY_SETS for n in names]), pos[person],
+                       cols["bbox"], cols["height"], cols["occlusion"].astype(np.int64), cols["ignore"] != 0,
                        cols["id"].astype(np.int64))
 
 
-def _records(path, items, keys, where, defaults=(), keep_category=False):
-    """The numeric fields ``keys`` and ``bbox`` of a list of json objects as float64 arrays, checked as whole
-    arrays (numbers, finite, 4 box values); the first bad record is reported by ``where(index)``.
+def _records(items, text, keys, defaults=()):
+    """The numeric fields ``keys`` (``defaults``: key -> value when missing) and ``bbox`` (x, y, w, h) of a list
+    of JSON objects as float64 arrays, and the checks of their values for :func:`_first_bad` (finite numbers,
+    width and height not negative; the caller adds its own).
 
-    Fast path: one list comprehension per field and one ``np.array`` each; anything odd (a missing key, a
-    non-object, a string, a ragged box) falls to :func:`_scan`, which names the first bad record. Files with a
-    JSON true/false literal are scanned first (numpy would read a bool among numbers as 1/0)."""
+    Fast path: each field is one ``np.array`` over its values, gathered by ``map`` (no Python code runs per
+    record). A field that does not come out numeric with the right shape (a missing key, a string, None, a
+    ragged box, a record that is not an object) sends the file to :func:`_scan`, and so does a JSON true/false
+    anywhere in the text (numpy would read a bool among numbers as 1/0); the scan converts the records up to the
+    first bad one and adds a check that names it."""
     defaults = dict(defaults)
-    if _HAS_BOOL.pop(path, True):
-        _scan(path, items, keys, where, defaults, complete=True)
-    fields = list(keys) + (["category_id"] if keep_category or "category_id" in defaults else [])
-    out = {}
+    cols = None if ("true" in text or "false" in text) else _columns(items, keys, defaults)
+    problem = None
+    if cols is None:
+        cols, problem = _scan(items, keys, defaults)
+    box = cols["bbox"]
+    value = lambda k, key: _show(items[k].get(key, defaults.get(key)))  # noqa: E731
+    checks = [(~np.isfinite(box).all(axis=1),
+               lambda k: f"'bbox' must be 4 finite numbers [x, y, w, h], got {value(k, 'bbox')}")]
+    checks += [(~np.isfinite(cols[key]), lambda k, key=key: f"'{key}' must be a finite number, got {value(k, key)}")
+               for key in keys]
+    checks.append(((box[:, 2:] < 0).any(axis=1),
+                   lambda k: f"'bbox' width and height must not be negative, got {value(k, 'bbox')}"))
+    if problem:
+        k, msg = problem
+        checks.append((_at(k + 1, k), lambda _: msg))
+    return cols, checks
+
+
+def _columns(items, keys, defaults):
+    """Every field of ``_records`` as one float64 array, or None when one does not come out numeric (ints or
+    floats) with the shape (N,) or, for 'bbox', (N, 4)."""
+    n = len(items)
     try:
-        for key in fields:
-            if key in defaults:
-                col = [d.get(key, defaults[key]) for d in items]
-            else:
-                col = [d[key] for d in items]
-            out[key] = _numeric(col, 1)
-        out["bbox"] = _numeric([d["bbox"] for d in items], 2)
-    except (TypeError, KeyError, AttributeError, ValueError):
-        _scan(path, items, keys, where, defaults)
-        raise  # _scan always fails on what made the fast path fail
-    if out["bbox"].shape != (len(items), 4):
-        _scan(path, items, keys, where, defaults)
-    for key in fields:
-        _first_bad(path, ~np.isfinite(out[key]), where, lambda k, key=key: f"'{key}' must be a finite number, "
-                                                                            f"got {items[k].get(key)!r}")
-    _first_bad(path, ~np.isfinite(out["bbox"]).all(axis=1), where,
-               lambda k: f"'bbox' must be 4 finite numbers [x, y, w, h], got {items[k]['bbox']!r}")
-    _first_bad(path, (out["bbox"][:, 2:] < 0).any(axis=1), where,
-               lambda k: f"'bbox' width and height must not be negative, got {items[k]['bbox']!r}")
-    return out
+        cols = {key: np.array(_values(items, key, defaults)) for key in keys}
+        boxes = list(map(itemgetter("bbox"), items))
+        if (np.fromiter(map(len, boxes), dtype=np.int64, count=n) != 4).any():
+            return None
+        cols["bbox"] = np.array(list(chain.from_iterable(boxes))).reshape(n, 4)   # flat: numpy's fastest case
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError):
+        return None
+    for key, col in cols.items():
+        if col.dtype.kind not in "iuf" or col.shape != ((n, 4) if key == "bbox" else (n,)):
+            return None
+    return {key: col.astype(np.float64, copy=False) for key, col in cols.items()}
 
 
-def _numeric(col, ndim):
-    """``np.array(col)`` as float64 when it is numeric (strings, None, ragged lists fail; bools are ruled out by
-    the caller)."""
-    arr = np.array(col)
-    if arr.dtype.kind not in "if" or arr.ndim != ndim:
-        raise ValueError("not numeric")
-    return arr.astype(np.float64, copy=False)
+def _values(items, key, defaults):
+    """``items[i][key]`` for every i (``defaults[key]`` where missing), gathered without Python code per item."""
+    try:
+        return list(map(itemgetter(key), items))
+    except KeyError:
+        if key not in defaults:
+            raise
+        return list(map(methodcaller("get", key, defaults[key]), items))
 
 
-def _first_bad(path, bad, where, msg):
-    if bad.any():
-        k = int(np.argmax(bad))
-        _fail(path, where(k), msg(k))
-
-
-def _scan(path, items, keys, where, defaults, complete=False):
-    """Slow path of :func:`_records`: the first record that is not an object of finite numbers."""
+def _scan(items, keys, defaults):
+    """Slow path of :func:`_records`, record by record: (the fields of the records before the first one that is
+    not an object of numbers with a 4-number 'bbox', as float64 arrays; ``(index, problem)`` of that record, or
+    None when there is none)."""
+    rows, problem = [], None
     for i, d in enumerate(items):
-        if not isinstance(d, dict):
-            _fail(path, where(i), f"expected an object, got {type(d).__name__}")
-        _box(path, where(i), d)
-        for key in keys:
-            _num(path, where(i), d if key not in defaults or key in d else {key: defaults[key]}, key)
-        if "category_id" in d:
-            _num(path, where(i), d, "category_id")
-    if complete:
-        return
-    raise FormatError(f"{os.path.basename(path)}: unreadable records")  # not reached for real inputs
+        problem = _problem(d, keys, defaults)
+        if problem:
+            problem = (i, problem)
+            break
+        rows.append([float(d.get(key, defaults.get(key))) for key in keys] + [float(v) for v in d["bbox"]])
+    arr = np.array(rows, dtype=np.float64).reshape(len(rows), len(keys) + 4)
+    cols = {key: arr[:, j] for j, key in enumerate(keys)}
+    cols["bbox"] = arr[:, len(keys):]
+    return cols, problem
+
+
+def _problem(d, keys, defaults):
+    if not isinstance(d, dict):
+        return f"expected an object, got {type(d).__name__}"
+    b = d.get("bbox")
+    if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(map(_is_number, b)):
+        return f"'bbox' must be 4 finite numbers [x, y, w, h], got {_show(b)}"
+    for key in keys:
+        v = d.get(key, defaults.get(key))
+        if not _is_number(v):
+            return f"'{key}' must be a finite number, got {_show(v)}"
+    return None
+
+
+def _is_number(v):
+    """An int or float (not a bool) that a float64 holds; whether it is finite is checked on the arrays."""
+    return type(v) is float or (type(v) is int and -1e308 < v < 1e308)
 
 
 def method_name(path: str) -> str:
@@ -210,117 +266,126 @@ def load_detections(path: str, ann: Annotations) -> Detections:
 
 
 def _from_txt(path, ann):
+    """Lines split and converted as one list: ``float`` over all values (as the MLPD script reads them), one
+    ``np.array``; the first line that does not have 6 numbers is named."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise FormatError(f"{path}: cannot read as text: {exc}") from None
-    numbers = [i for i, line in enumerate(lines) if line.strip()]
-    if not numbers:
+    filled = np.fromiter(map(bool, map(str.strip, lines)), dtype=bool, count=len(lines))
+    numbers = np.flatnonzero(filled)           # the 0-based line of each record
+    if not len(numbers):
         _fail(path, None, "empty file (no detections)")
-    parts = [lines[i].split(",") for i in numbers]
-    widths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-    if (widths != 6).any():
-        k = int(np.argmax(widths != 6))
-        _fail(path, numbers[k] + 1, f"expected 6 comma-separated values image_index,x,y,w,h,score, "
-                                    f"got {widths[k]}")
+    rows = lines if len(numbers) == len(lines) else list(compress(lines, filled))
+    widths = np.fromiter(map(methodcaller("count", ","), rows), dtype=np.int64, count=len(rows)) + 1
+    ok = int(np.argmax(widths != 6)) if (widths != 6).any() else len(rows)   # rows before the first bad one
+    problem = f"expected 6 comma-separated values image_index,x,y,w,h,score, got {widths[ok]}" \
+        if ok < len(rows) else None
+    tokens = ",".join(rows[:ok]).split(",") if ok else []
     try:
-        arr = np.array(parts, dtype=np.float64)
+        values = list(map(float, tokens))
     except ValueError:
-        for k, p in enumerate(parts):
-            for v in p:
-                try:
-                    float(v)
-                except ValueError:
-                    _fail(path, numbers[k] + 1, f"not a number: {v.strip()!r}")
-        raise
-    _check_finite(path, arr, lambda k: numbers[k] + 1)
-    _first_bad(path, (arr[:, 3:5] < 0).any(axis=1), lambda k: numbers[k] + 1,
-               lambda k: "box width and height must not be negative")
-    idx = arr[:, 0]
+        t = next(i for i, v in enumerate(tokens) if not _is_float(v))
+        ok, problem = t // 6, f"not a number: {tokens[t].strip()!r}"
+        values = list(map(float, tokens[:6 * ok]))
+    arr = np.array(values, dtype=np.float64).reshape(ok, 6)
+    idx, box, score = arr[:, 0], arr[:, 1:5], arr[:, 5]
+    value = lambda k, j: rows[k].split(",")[j].strip()  # noqa: E731
     n = int(ann.image_ids[-1]) + 1   # image_index - 1 is the image id (= the position in the full KAIST set)
-    bad = (idx != np.round(idx)) | (idx < 1) | (idx > n)
-    if bad.any():
-        k = int(np.argmax(bad))
-        _fail(path, numbers[k] + 1, f"image index {lines[numbers[k]].split(',')[0].strip()} out of range 1..{n}")
-    img = _map_ids(path, ann, idx - 1, lambda k: numbers[k] + 1)
-    return img, arr[:, 1:5].copy(), arr[:, 5].copy()
+    pos, known = _lookup(ann.image_ids, idx - 1)
+    checks = [(~np.isfinite(arr).all(axis=1), lambda k: "values must be finite numbers"),
+              ((box[:, 2:] < 0).any(axis=1), lambda k: "box width and height must not be negative"),
+              _score_range(score, lambda k: value(k, 5), "score"),
+              (idx != np.round(idx), lambda k: f"image index must be an integer, got {value(k, 0)}"),
+              ((idx < 1) | (idx > n), lambda k: f"image index {value(k, 0)} out of range 1..{n}"),
+              (~known, lambda k: f"image index {value(k, 0)} names no image of the annotation file")]
+    if problem:
+        checks.append((_at(ok + 1, ok), lambda _: problem))
+    _first_bad(path, lambda k: int(numbers[k]) + 1, checks)
+    return pos, box.copy(), score.copy()
 
 
-def _map_ids(path, ann, image_id, where):
-    pos = np.searchsorted(ann.image_ids, image_id)
-    pos_c = np.minimum(pos, len(ann.image_ids) - 1)
-    bad = ann.image_ids[pos_c] != image_id
-    if bad.any():
-        k = int(np.argmax(bad))
-        _fail(path, where(k), f"image_id {image_id[k]:g} is not in the annotation file")
-    return pos_c
-
-
-def _check_finite(path, arr, where):
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        _fail(path, where(int(np.argmax(bad))), "values must be finite numbers")
+def _is_float(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _from_json(path, ann):
-    data = _read_json(path)
+    data, text = _read_json(path)
     if not isinstance(data, list):
         _fail(path, None, f"expected a JSON list of {{image_id, bbox, score}} objects, got {type(data).__name__}")
     if not data:
         _fail(path, None, "empty list (no detections)")
-    where = lambda k: f"item {k}"  # noqa: E731
-    arr = _records(path, data, ("image_id", "score"), where, defaults={"category_id": 1})
-    image_id = arr["image_id"]
-    _first_bad(path, image_id != np.round(image_id), where,
-               lambda k: f"image_id must be an integer, got {data[k]['image_id']!r}")
-    kept = np.flatnonzero(arr["category_id"] == 1)
-    img = _map_ids(path, ann, image_id[kept], lambda k: f"item {kept[k]}")
-    return img, arr["bbox"][kept], arr["score"][kept]
+    cols, checks = _records(data, text, ("image_id", "score", "category_id"), defaults={"category_id": 1})
+    image_id, score = cols["image_id"], cols["score"]
+    pos, known = _lookup(ann.image_ids, image_id)
+    person = cols["category_id"] == 1
+    checks += [_score_range(score, lambda k: _show(data[k]["score"])),
+               (image_id != np.round(image_id),
+                lambda k: f"image_id must be an integer, got {_show(data[k]['image_id'])}"),
+               (person & ~known, lambda k: f"image_id {_show(data[k]['image_id'])} is not in the annotation file")]
+    _first_bad(path, lambda k: f"item {k}", checks)
+    return pos[person], cols["bbox"][person], score[person]
 
 
 def _from_mmdet(path, ann):
+    """A ``tools/test.py --out`` pickle through the safe reader: each item's three arrays checked for shape, then
+    all boxes at once (finite, x2 >= x1 and y2 >= y1, scores in [0, 1]); errors name the item, and the box in it."""
     from ckpttool.io import load_pickle
 
     data = load_pickle(path)
     if not isinstance(data, list) or not data:
         _fail(path, None, "expected a non-empty list of mmdet 3.x results (dicts with 'pred_instances')")
-    where = lambda k: f"item {k}"  # noqa: E731
-    try:
-        preds = [item["pred_instances"] for item in data]
-        cols = [[_array(p[k]) for p in preds] for k in ("bboxes", "scores", "labels")]
-        img_paths = [str(item.get("img_path", "")) for item in data]
-    except (TypeError, KeyError, AttributeError):
-        for i, item in enumerate(data):
-            pred = item.get("pred_instances") if isinstance(item, dict) else None
-            if not isinstance(pred, dict) or not all(k in pred for k in ("bboxes", "scores", "labels")):
-                _fail(path, where(i), "expected a dict with 'pred_instances' {bboxes, scores, labels}")
-        raise
-    img = image_index(ann, img_paths, lambda k: f"{os.path.basename(path)}:item {k}")
-    counts = np.array([np.shape(b)[0] if np.ndim(b) else -1 for b in cols[0]], dtype=np.int64)
-    shapes_ok = np.array([np.ndim(b) == 2 and np.shape(b)[1] == 4 and np.shape(s) == (n,) and np.shape(lab) == (n,)
-                          for b, s, lab, n in zip(*cols, counts)]) | (counts == 0)
-    _first_bad(path, ~shapes_ok, where, lambda k: (
-        f"pred_instances shapes do not fit: bboxes {np.shape(cols[0][k])}, scores {np.shape(cols[1][k])}, "
-        f"labels {np.shape(cols[2][k])}"))
-    keep_items = counts > 0
-    if not keep_items.any():
+    img, ok, problem, cols = _mmdet_items(data, ann)
+    counts = np.array([len(b) for b in cols[0]], dtype=np.int64)
+    b, s, lab = (np.concatenate(c) if c else np.zeros((0, 4) if j == 0 else 0) for j, c in enumerate(cols))
+    item_of = np.repeat(np.arange(ok), counts)
+    box_of = np.arange(len(s)) - np.repeat(np.cumsum(counts) - counts, counts)
+    _first_bad(path, lambda k: f"item {item_of[k]}, box {box_of[k]}", [
+        (~np.isfinite(b).all(axis=1), lambda k: f"bboxes must be finite numbers, got {_show(b[k].tolist())}"),
+        (~np.isfinite(s), lambda k: f"scores must be finite numbers, got {s[k]!r}"),
+        ((b[:, 2:] < b[:, :2]).any(axis=1),
+         lambda k: f"bboxes are x1, y1, x2, y2 with x2 >= x1 and y2 >= y1, got {_show(b[k].tolist())}"),
+        _score_range(s, lambda k: repr(float(s[k])), "scores"),
+        (lab != np.round(lab), lambda k: f"labels must be integers, got {lab[k]!r}")])
+    if problem:
+        _fail(path, f"item {ok}", problem)
+    if not len(s):
         _fail(path, None, "no detections")
-    try:
-        b, s, lab = (np.concatenate([np.asarray(c[i], dtype=np.float64).reshape(-1, 4) if j == 0
-                                     else np.asarray(c[i], dtype=np.float64).reshape(-1)
-                                     for i in np.flatnonzero(keep_items)]) for j, c in enumerate(cols))
-    except (TypeError, ValueError):
-        _fail(path, None, "pred_instances must hold numeric arrays")
-    item_of = np.repeat(np.arange(len(data)), np.maximum(counts, 0))
-    _first_bad(path, ~np.isfinite(np.column_stack([b, s])).all(axis=1), lambda k: where(item_of[k]),
-               lambda k: "bboxes and scores must be finite numbers")
-    _first_bad(path, (b[:, 2:] < b[:, :2]).any(axis=1), lambda k: where(item_of[k]),
-               lambda k: f"bboxes are x1, y1, x2, y2 with x2 >= x1 and y2 >= y1, got {b[k].tolist()}")
     keep = lab == 0
     b, s = b[keep], s[keep]
     box = np.column_stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]])
-    return img[item_of[keep]].astype(np.int64), box, s
+    return img[item_of[keep]], box, s
+
+
+def _mmdet_items(data, ann):
+    """(position of each item's image in the annotation (-1: unknown), the number of items before the first bad
+    one, its problem or None, ([bboxes (n, 4)], [scores], [labels]) of those items as float64 arrays). One pass
+    over the items (images), none over the boxes."""
+    img = _image_positions(ann, [str(item.get("img_path", "")) if isinstance(item, dict) else "" for item in data])
+    cols = ([], [], [])
+    for i, item in enumerate(data):
+        pred = item.get("pred_instances") if isinstance(item, dict) else None
+        if not isinstance(pred, dict) or not all(k in pred for k in _MMDET_FIELDS):
+            return img, i, "expected a dict with 'pred_instances' {bboxes, scores, labels}", cols
+        if img[i] < 0:
+            return img, i, (f"img_path {_show(item.get('img_path'))} names no image of the annotation file "
+                            f"{os.path.basename(ann.path)}"), cols
+        arrays = [np.asarray(_array(pred[k])) for k in _MMDET_FIELDS]
+        if any(a.dtype.kind not in "biuf" for a in arrays):
+            return img, i, "pred_instances must hold numeric arrays", cols
+        n = len(arrays[0]) if arrays[0].ndim else -1
+        if not (arrays[0].shape == (n, 4) and arrays[1].shape == arrays[2].shape == (n,)) \
+                and not all(a.size == 0 for a in arrays):
+            return img, i, (f"pred_instances shapes do not fit: bboxes {arrays[0].shape}, "
+                            f"scores {arrays[1].shape}, labels {arrays[2].shape}"), cols
+        for col, a, shape in zip(cols, arrays, ((-1, 4), (-1,), (-1,))):
+            col.append(a.astype(np.float64).reshape(shape))
+    return img, len(data), None, cols
 
 
 def image_key(img_path: str):
@@ -332,13 +397,18 @@ def image_key(img_path: str):
 def image_index(ann: Annotations, img_paths, where) -> np.ndarray:
     """Position in ``ann`` of each image path, matched by set/video/frame; an unknown image is a FormatError
     naming ``where(k)`` of the first one."""
-    by_name = {n: i for i, n in enumerate(ann.im_names)}
-    idx = np.array([by_name.get(image_key(p), -1) for p in img_paths], dtype=np.int64)
+    idx = _image_positions(ann, img_paths)
     if (idx < 0).any():
         k = int(np.argmax(idx < 0))
         raise FormatError(f"{where(k)}: img_path {img_paths[k]!r} names no image of the annotation file "
                           f"{os.path.basename(ann.path)}")
     return idx
+
+
+def _image_positions(ann: Annotations, img_paths) -> np.ndarray:
+    """Position in ``ann`` of each image path (-1 where the annotation does not know it)."""
+    by_name = {n: i for i, n in enumerate(ann.im_names)}
+    return np.array([by_name.get(image_key(p), -1) for p in img_paths], dtype=np.int64)
 
 
 def _array(value):

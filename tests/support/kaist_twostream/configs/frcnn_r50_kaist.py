@@ -7,7 +7,7 @@ model = dict(
                   norm_eval=True),
     neck=dict(in_channels=[256, 512, 1024, 2048], out_channels=256),
     rpn_head=dict(in_channels=256, feat_channels=256),
-    roi_head=dict(bbox_roi_extractor=dict(out_channels=256),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=256, roi_layer=dict(sampling_ratio=0)),   # mmdet's default
                   bbox_head=dict(in_channels=256, fc_out_channels=1024)),
     test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=1000)))
 test_pipeline = [
