@@ -2,8 +2,9 @@
 
 Every error is a `FormatError` of one line that names the file and the first bad record: the line (txt), the item
 (json; ``annotations[i]`` in the annotation file) or the item and box (mmdet pickle). Records are checked and
-converted as whole numpy arrays (4 box values, finite numbers, width and height not negative, scores in [0, 1],
-integer image ids that the annotation knows); only a file that fails a cheap whole-file test (a value that is not
+converted as whole numpy arrays (4 box values, finite numbers, width and height not negative, scores any finite
+number (only their order counts: published files hold both confidences in [0, 1] and older detectors' unbounded
+margins), integer image ids that the annotation knows); only a file that fails a cheap whole-file test (a value that is not
 a number, a missing key, a ragged box, a JSON true/false) is walked record by record, to name the record.
 
 - annotation json: ``{"images": [{id, im_name}], "annotations": [{id, image_id, bbox [x,y,w,h], height,
@@ -79,13 +80,6 @@ def _at(n, k):
 def _show(value, limit=80):
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _score_range(score, shown, name="'score'"):
-    """Scores are confidences in [0, 1]; the metrics only use their order, so the message says how to fix a file
-    of unbounded scores (older detectors' margins)."""
-    return ~((score >= 0) & (score <= 1)), \
-        lambda k: f"{name} must be in [0, 1], got {shown(k)} (only their order counts: rescale them)"
 
 
 def _lookup(image_ids, image_id):
@@ -296,7 +290,6 @@ def _from_txt(path, ann):
     pos, known = _lookup(ann.image_ids, idx - 1)
     checks = [(~np.isfinite(arr).all(axis=1), lambda k: "values must be finite numbers"),
               ((box[:, 2:] < 0).any(axis=1), lambda k: "box width and height must not be negative"),
-              _score_range(score, lambda k: value(k, 5), "score"),
               (idx != np.round(idx), lambda k: f"image index must be an integer, got {value(k, 0)}"),
               ((idx < 1) | (idx > n), lambda k: f"image index {value(k, 0)} out of range 1..{n}"),
               (~known, lambda k: f"image index {value(k, 0)} names no image of the annotation file")]
@@ -324,8 +317,7 @@ def _from_json(path, ann):
     image_id, score = cols["image_id"], cols["score"]
     pos, known = _lookup(ann.image_ids, image_id)
     person = cols["category_id"] == 1
-    checks += [_score_range(score, lambda k: _show(data[k]["score"])),
-               (image_id != np.round(image_id),
+    checks += [(image_id != np.round(image_id),
                 lambda k: f"image_id must be an integer, got {_show(data[k]['image_id'])}"),
                (person & ~known, lambda k: f"image_id {_show(data[k]['image_id'])} is not in the annotation file")]
     _first_bad(path, lambda k: f"item {k}", checks)
@@ -334,7 +326,7 @@ def _from_json(path, ann):
 
 def _from_mmdet(path, ann):
     """A ``tools/test.py --out`` pickle through the safe reader: each item's three arrays checked for shape, then
-    all boxes at once (finite, x2 >= x1 and y2 >= y1, scores in [0, 1]); errors name the item, and the box in it."""
+    all boxes at once (finite, x2 >= x1 and y2 >= y1, finite scores); errors name the item, and the box in it."""
     from ckpttool.io import load_pickle
 
     data = load_pickle(path)
@@ -350,7 +342,6 @@ def _from_mmdet(path, ann):
         (~np.isfinite(s), lambda k: f"scores must be finite numbers, got {s[k]!r}"),
         ((b[:, 2:] < b[:, :2]).any(axis=1),
          lambda k: f"bboxes are x1, y1, x2, y2 with x2 >= x1 and y2 >= y1, got {_show(b[k].tolist())}"),
-        _score_range(s, lambda k: repr(float(s[k])), "scores"),
         (lab != np.round(lab), lambda k: f"labels must be integers, got {lab[k]!r}")])
     if problem:
         _fail(path, f"item {ok}", problem)
