@@ -289,30 +289,42 @@ def _ms(seconds):
     return f"{seconds * 1e3:6.1f} ms"
 
 
+def ntu_scores():
+    """NTU60-size scores: 16,487 samples x 10 views x 60 classes, and their labels."""
+    rng = np.random.default_rng(0)
+    n, c, v = 16487, 60, 10
+    return rng.standard_normal((n, v, c), dtype=np.float32), rng.integers(0, c, n)
+
+
+def write_ntu_dump(path, views, labels):
+    """The scores as an mmaction2 `--dump` pickle: per sample a dict of torch tensors, pickled the way torch pickles
+    them (each storage an embedded legacy torch file)."""
+    import pickle
+
+    import torch
+
+    items = [{"pred_score": torch.from_numpy(views[i].copy()), "gt_label": torch.tensor([int(labels[i])])}
+             for i in range(len(labels))]
+    with open(path, "wb") as f:
+        pickle.dump(items, f)
+
+
 def bench_ntu(repeat, dump):
     from ckpttool.metrics.ntu import evaluate_ntu, evaluate_scores
 
-    rng = np.random.default_rng(0)
-    n, c, v = 16487, 60, 10
-    views = rng.standard_normal((n, v, c), dtype=np.float32)
-    labels = rng.integers(0, c, n)
+    views, labels = ntu_scores()
+    n, v, c = views.shape
     t = min(_timed(lambda: evaluate_scores({"joint": views}, labels, clips=[1, 3, 5, 10], aggregate="prob",
                                            per_class=True)) for _ in range(repeat))
     print(f"NTU60: {n} samples x {c} classes x {v} views, prob aggregation, clips 1,3,5,10, per-class: "
           f"{t * 1e3:.1f} ms (metrics on arrays)")
     if not dump:
         return
-    import pickle
     import tempfile
-
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "results.pkl")
-        items = [{"pred_score": torch.from_numpy(views[i].copy()), "gt_label": torch.tensor([int(labels[i])])}
-                 for i in range(n)]
-        with open(path, "wb") as f:
-            pickle.dump(items, f)
+        write_ntu_dump(path, views, labels)
         t = min(_timed(lambda: evaluate_ntu([path], clips=[1, 3, 5, 10])) for _ in range(repeat))
         print(f"       the same from an mmaction2-style dump pickle ({os.path.getsize(path) / 2**20:.0f} MiB), "
               f"safe reader included: {t * 1e3:.0f} ms")

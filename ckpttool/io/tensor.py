@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import operator
 import os
 import threading
 
@@ -102,19 +103,21 @@ class TensorRef:
     __slots__ = ("storage", "offset", "shape", "stride", "is_param", "requires_grad", "_tensor")
 
     def __init__(self, storage: Storage, offset: int, shape, stride=None, is_param=False, requires_grad=False):
-        shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
+        # map / min / sum instead of generators (one of these per tensor of a checkpoint): the same checks on ints
+        shape = tuple(map(int, shape))
+        if shape and min(shape) < 0:
             raise FormatError(f"negative tensor shape {shape}")
         if stride is None:
             stride = contiguous_stride(shape)
-        stride = tuple(int(s) for s in stride)
-        if len(stride) != len(shape) or any(s < 0 for s in stride):
+        stride = tuple(map(int, stride))
+        if len(stride) != len(shape) or (stride and min(stride) < 0):
             raise FormatError(f"tensor stride {stride} does not fit shape {shape}")
         offset = int(offset)
         if offset < 0:
             raise FormatError(f"negative storage offset {offset}")
         numel = math.prod(shape)
-        if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel * storage.dtype.pack:
+        # the last element's index, offset + sum((n - 1) * s), as offset + sum(n * s) - sum(s)
+        if numel and offset + sum(map(operator.mul, shape, stride)) - sum(stride) >= storage.numel * storage.dtype.pack:
             raise FormatError(f"tensor of shape {list(shape)} reaches past its storage {storage.key!r} "
                               f"({storage.numel} elements)")
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
@@ -149,8 +152,9 @@ class TensorRef:
         return math.prod(self.shape)
 
     @property
-    def nbytes(self) -> int:
-        return -(-self.numel * self.itemsize // self.storage.dtype.pack)
+    def nbytes(self) -> int:  # -(-numel * itemsize // pack), without the two property calls
+        dtype = self.storage.dtype
+        return -(-math.prod(self.shape) * dtype.itemsize // dtype.pack)
 
     @property
     def is_floating(self) -> bool:

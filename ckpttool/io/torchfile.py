@@ -27,13 +27,17 @@ MAX_INFLATE = 1 << 30        # bytes a compressed entry may inflate to
 MAX_INFLATE_RATIO = 200      # ... and at most this many times its compressed size (plus 1 MiB)
 
 
+# storage class name -> element type: torch.<typed storage>, and UntypedStorage as bytes (_rebuild_tensor_v3 names
+# the element type); one lookup per storage of a checkpoint
+_STORAGE_DTYPES = {**{f"torch.{name}": dtype for name, dtype in BY_STORAGE.items()},
+                   "torch.storage.UntypedStorage": by_name("uint8"), "torch.UntypedStorage": by_name("uint8")}
+
+
 def _storage_dtype(storage_type) -> DType:
-    name = global_name(storage_type) or ""
-    if name.startswith("torch.") and name[len("torch."):] in BY_STORAGE:
-        return BY_STORAGE[name[len("torch."):]]
-    if name in ("torch.storage.UntypedStorage", "torch.UntypedStorage"):
-        return by_name("uint8")  # bytes; _rebuild_tensor_v3 names the element type
-    raise FormatError("storage record without a known element type")
+    dtype = _STORAGE_DTYPES.get(global_name(storage_type))
+    if dtype is None:
+        raise FormatError("storage record without a known element type")
+    return dtype
 
 
 def _parse_pid(pid: tuple):

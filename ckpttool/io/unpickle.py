@@ -96,6 +96,13 @@ class Judge:
         rec["count"] += 1
         return verdict
 
+    def use(self, name: str, use: str) -> dict:
+        """Record one use, as `record(name, use)` does, and return its record: the live dict that every later
+        `record` of the same (global, use) updates (it is never replaced). The unpickler counts repeated uses
+        straight into it (`rec["count"] += 1`, then reads `rec["verdict"]`), which is `record`'s own hot path."""
+        self.record(name, use)
+        return self.uses[(name, use)]
+
     def code(self, name: str, detail: str):
         """A finding that is code whatever the list says (a nested code container, a call of a call's result)."""
         self.record(name, AL.CALL, "code", detail)
@@ -174,6 +181,7 @@ def global_name(obj) -> str | None:
 _OP = {name: getattr(pickle, name)[0] for name in dir(pickle) if name.isupper() and isinstance(getattr(pickle, name), bytes)
        and len(getattr(pickle, name)) == 1}
 _PLAIN_KEYS = (str, int, float, bool, bytes, type(None), complex)
+_UINT4 = struct.Struct("<I").unpack
 _INT_KEY_LIMIT = (1 << 61) - 1   # distinct ints below this have distinct hashes (no collision floods)
 
 
@@ -191,26 +199,42 @@ class SafeUnpickler(pickle._Unpickler):
         self._persistent, self._bytes_loader = persistent_load, bytes_loader
         self.judge, self.budget, self.nesting = judge, budget, nesting
         self.ops = 0
+        self._calls: dict[str, tuple[dict, Callable | None]] = {}  # name -> (the judge's CALL record, stand-in)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def load(self):
-        self._unframer = pickle._Unframer(self._file_read, self._file_readline)
-        self.read, self.readinto, self.readline = (self._unframer.read, self._unframer.readinto,
-                                                   self._unframer.readline)
+        self._unframer = unframer = pickle._Unframer(self._file_read, self._file_readline)
+        # Outside a frame _Unframer.read / readline are file.read / readline; until the first FRAME there is no
+        # frame (nothing else sets one), so handlers read the file straight (torch.save's protocol 2 has no frames)
+        # and load_frame hands them the unframer's methods for the rest of the pickle.
+        self.read, self.readinto, self.readline = self._file_read, unframer.readinto, self._file_readline
         self.metastack, self.stack, self.proto = [], [], 0
         self.append = self.stack.append
-        read, dispatch, budget = self.read, self.dispatch, self.budget
+        file_read, frame_read = self._file_read, unframer.read
+        dispatch, check_time = self.dispatch, self.budget.check_time
+        ops = 0
         try:
             while True:
-                key = read(1)
+                # The opcode byte, as _Unframer.read(1) reads it but without its Python call (most reads are this
+                # one): from the file outside frames, else from the frame; at the frame's end (b"") _Unframer.read
+                # itself, which re-reads the empty frame, drops it and reads the file.
+                frame = unframer.current_frame
+                if frame is None:
+                    key = file_read(1)
+                else:
+                    key = frame.read(1)
+                    if not key:
+                        key = frame_read(1)
                 if not key:
                     raise EOFError("pickle data was truncated")
-                self.ops += 1
-                if not self.ops & 0x3FFF:
-                    budget.check_time()
+                ops += 1
+                if not ops & 0x3FFF:
+                    check_time()
                 dispatch[key[0]](self)
         except pickle._Stop as stop:
             return stop.value
+        finally:
+            self.ops = ops
 
     def persistent_load(self, pid):
         if self._persistent is None:
@@ -251,6 +275,7 @@ class SafeUnpickler(pickle._Unpickler):
         if size > total - src.tell():
             raise FormatError(f"pickle FRAME claims {size} bytes, the data holds {total - src.tell()}")
         self._unframer.load_frame(size)
+        self.read, self.readline = self._unframer.read, self._unframer.readline  # frames from now on (see load)
 
     def _memo_put(self, index: int):
         """Picklers number memo entries 0, 1, 2, …: an index past the next one is forged (CPython's C unpickler
@@ -266,11 +291,17 @@ class SafeUnpickler(pickle._Unpickler):
             raise FormatError("malformed PUT index") from None
         self._memo_put(index)
 
-    def load_binput(self):
-        self._memo_put(self.read(1)[0])
+    def load_binput(self):  # _memo_put inlined (an unsigned index: only the upper bound can fail)
+        index, memo = self.read(1)[0], self.memo
+        if index > len(memo):
+            self._memo_put(index)
+        memo[index] = self.stack[-1]
 
     def load_long_binput(self):
-        self._memo_put(struct.unpack("<I", self.read(4))[0])
+        index, memo = _UINT4(self.read(4))[0], self.memo
+        if index > len(memo):
+            self._memo_put(index)
+        memo[index] = self.stack[-1]
 
     def load_ext(self):
         raise FormatError("the pickle uses the copyreg extension registry (EXT opcodes): not a checkpoint pattern")
@@ -280,21 +311,25 @@ class SafeUnpickler(pickle._Unpickler):
 
     # --- calls and instances ----------------------------------------------------------------------------------
     def load_reduce(self):
-        args = self.stack.pop()
-        func = self.stack[-1]
+        stack = self.stack
+        args = stack.pop()
         if not isinstance(args, tuple):
             raise FormatError("REDUCE arguments are not a tuple")
-        self.stack[-1] = self.call(func, args)
+        stack[-1] = self.call(stack[-1], args)
 
     def call(self, func, args: tuple, kwargs: dict | None = None):
         if isinstance(func, GlobalRef):
             name = func.qualname
-            if self.judge.record(name, AL.CALL) == "data":
-                impl = _IMPL.get(name)
-                if impl is not None:
-                    if kwargs:
-                        raise FormatError(f"{name} called with keyword arguments")
-                    return impl(self, *args)
+            known = self._calls.get(name)
+            if known is None:  # the first call of this name: judged by record(); its record and stand-in kept
+                self._calls[name] = known = (self.judge.use(name, AL.CALL), _IMPL.get(name))
+            else:  # again: counted in the judge's own record, whose verdict is read anew (it only gets worse)
+                known[0]["count"] += 1
+            rec, impl = known
+            if rec["verdict"] == "data" and impl is not None:
+                if kwargs:
+                    raise FormatError(f"{name} called with keyword arguments")
+                return impl(self, *args)
             return InertCall(name, args, kwargs)
         if isinstance(func, Inert):  # calling what a call or getattr returned: code, whatever the names
             self.judge.code(f"{func.qualname}(…)", "calls the result of a call or attribute lookup")
@@ -380,8 +415,9 @@ class SafeUnpickler(pickle._Unpickler):
 
     def _set_items(self, target, pairs):
         if isinstance(target, dict):
-            for k, v in pairs:
-                target[self._key(k)] = v
+            key = self._key
+            for k, v in pairs:  # a str key is plain (what _key returns it as), the common case: not re-checked
+                target[k if type(k) is str else key(k)] = v
         elif isinstance(target, (InertObject, InertCall)) and not isinstance(target, GlobalRef):
             for k, v in pairs:
                 target.items[self._key(k)] = v
@@ -623,6 +659,8 @@ def _set(up, items=()):
 
 
 def _ordered_dict(up, items=()):
+    if type(items) is tuple and not items:  # OrderedDict(): every tensor record's empty hooks; as below builds it
+        return collections.OrderedDict()
     pairs = _plain_items(items, "OrderedDict")
     if not all(type(p) in (tuple, list) and len(p) == 2 for p in pairs):
         raise FormatError("OrderedDict from something other than key/value pairs")
@@ -854,30 +892,36 @@ def _children(obj):
 def _settle(root, budget: Budget, ops: int):
     """Replace numpy records by their values, and refuse cycles, nesting deeper than the budget, and graphs whose
     shared references expand beyond it (walkers downstream treat the value as a tree). Iterative: no recursion
-    that a deep file could overflow."""
+    that a deep file could overflow.
+
+    A node's expanded size is 1 + the sizes of its children, a leaf's is 1. Objects whose ids are relied on stay
+    alive (`keep`), so no leaf shares an id with a node in `size`, `on_path` or `out`: a leaf child counts 1, is
+    never a back edge and is never replaced. Hence a node whose children are all leaves (most dicts of a
+    checkpoint: tensors, numbers, strings) is finished where it is entered, as the general path would finish it
+    right after (its done entry would be the next one popped): same checks, same order, same sizes."""
     import numpy as np
 
     leaf_types = {str, bytes, bytearray, int, float, complex, bool, type(None), TensorRef, SpecialTensor, Storage,
                   GlobalRef, AttrRef, BackRef, np.ndarray, np.dtype}
     limit = max(budget.max_nodes, budget.nodes_per_op * ops)
+    max_depth = budget.max_depth
     size: dict[int, int] = {}       # id -> expanded size, once finished
     on_path: set[int] = set()
     keep = []                        # objects whose ids we rely on stay alive
     out: dict[int, Any] = {}        # id -> replacement
     if type(root) in leaf_types or isinstance(root, np.generic):
         return root
-    stack = [(root, False, 0)]
+    stack = [(root, None, 0)]  # (node, None, depth): enter it; (node, its non-leaf children, leaf count): finish it
     while stack:
-        obj, done, depth = stack.pop()
+        obj, nodes, n = stack.pop()
         oid = id(obj)
-        if done:
+        if nodes is not None:
             on_path.discard(oid)
-            total = 1
-            for child in _children(obj):
+            total = 1 + n
+            for child in nodes:
                 total += size.get(id(child), 1)
             if total > limit:
-                raise FormatError(f"budget exceeded: the pickle's shared references expand to more than {limit} "
-                                  "values")
+                _too_many(limit)
             size[oid] = total
             _replace_children(obj, out)
             continue
@@ -891,18 +935,33 @@ def _settle(root, budget: Budget, ops: int):
             continue
         if not isinstance(obj, (dict, list, tuple, set, frozenset, Inert)):
             raise FormatError(f"unexpected value {_describe(obj)} in the pickle")
-        if depth > budget.max_depth:
+        depth = n
+        if depth > max_depth:
             raise FormatError(f"budget exceeded: values nested deeper than {budget.max_depth} levels")
-        on_path.add(oid)
         keep.append(obj)
-        stack.append((obj, True, depth))
-        _cut_back_edges(obj, on_path)
-        for child in _children(obj):
-            if type(child) in leaf_types:
-                continue
+        children = _children(obj)
+        nodes = [c for c in children if type(c) not in leaf_types]
+        if not nodes:  # only leaves: nothing to cut, push or replace (see above)
+            if 1 + len(children) > limit:
+                _too_many(limit)
+            size[oid] = 1 + len(children)
+            continue
+        on_path.add(oid)
+        for child in nodes:
+            if id(child) in on_path:  # a back edge (only a node can be one): cut, then look again
+                _cut_back_edges(obj, on_path)
+                children = _children(obj)
+                nodes = [c for c in children if type(c) not in leaf_types]
+                break
+        stack.append((obj, nodes, len(children) - len(nodes)))
+        for child in nodes:
             if not isinstance(child, np.generic):
-                stack.append((child, False, depth + 1))
+                stack.append((child, None, depth + 1))
     return out.get(id(root), root)
+
+
+def _too_many(limit: int):
+    raise FormatError(f"budget exceeded: the pickle's shared references expand to more than {limit} values")
 
 
 def _cut_back_edges(obj, on_path: set):
