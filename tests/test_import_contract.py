@@ -12,15 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ckpttool"
 
 
-def _contract() -> dict[str, list[str]]:
+def _table(marker: str) -> dict[str, list[str]]:
+    """The two-column table between ``<!-- marker -->`` and ``<!-- /marker -->`` in docs/architecture.md:
+    first cell's name -> the backquoted names of the second."""
     text = (ROOT / "docs" / "architecture.md").read_text()
-    block = text.split("<!-- import-contract -->")[1].split("<!-- /import-contract -->")[0]
+    block = text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
     rules = {}
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 2 and cells[0].startswith("`"):
             rules[cells[0].strip("`")] = re.findall(r"`([^`]+)`", cells[1])
     return rules
+
+
+def _contract() -> dict[str, list[str]]:
+    return _table("import-contract")
 
 
 def _imports(path: Path):
@@ -51,14 +57,7 @@ def _room(module: str) -> str:
 
 
 def _room_rules() -> dict[str, set[str]]:
-    text = (ROOT / "docs" / "architecture.md").read_text()
-    block = text.split("<!-- room-contract -->")[1].split("<!-- /room-contract -->")[0]
-    rules = {}
-    for line in block.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[0].startswith("`"):
-            rules[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
-    return rules
+    return {room: set(names) for room, names in _table("room-contract").items()}
 
 
 def _room_edges():
