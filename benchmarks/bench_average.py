@@ -8,6 +8,10 @@
 
 Neither baseline hashes its inputs, verifies what it wrote or fsyncs; `ckpt average` does all three (sha256
 provenance of every input, every written byte read back against its CRC32, fsync of file and directory).
+`ckpt` runs with an empty digest cache every time (`CKPT_CACHE_DIR` a new folder: every input is hashed, the
+first-run cost); `ckpt_warm` with the digests of the unchanged inputs remembered by an earlier run (what a second
+average, a greedy soup or an eval of the same files costs; ckpttool/io/hashing.py); `ckpt_no_sha256` records no
+digests at all.
 `--before DIR` also runs `ckpt average` from another checkout (e.g. `git worktree add /tmp/before main`), in the
 same interleaved loop, for before/after figures. Each command runs as its own process (so the import of torch
 counts). Wall time: from Popen to exit. Memory: the process's /proc/PID/status is polled every 5 ms for RssAnon
@@ -138,20 +142,47 @@ def bench(directory: str, mb: int, n: int, repeat: int, before: str | None) -> d
     env = dict(os.environ, PYTHONPATH=ROOT)
     outs = {name: os.path.join(directory, f"{name}{mb}x{n}.pth") for name in COMMANDS}
     ckpt = ["-m", "ckpttool", "average", *paths, "-q", "--format", "json", "-o"]
+    warm = prime_digests(directory, [py, *ckpt, os.path.join(directory, "prime.pth")], env, paths)
+    primed = entries(warm)
     cmds = {"timm-style": ([py, "-c", BASELINE, *paths, outs["timm-style"]], env),
             "torch-mmap": ([py, "-c", TORCH_MMAP, *paths, outs["torch-mmap"]], env),
             "ckpt": ([py, *ckpt, outs["ckpt"]], env),
+            "ckpt_warm": ([py, *ckpt, outs["ckpt_warm"]], dict(env, CKPT_CACHE_DIR=warm)),
             "ckpt_no_sha256": ([py, "-c", NO_HASH, *paths, outs["ckpt_no_sha256"]], env)}
     if before:
         cmds["ckpt_before"] = ([py, *ckpt, outs["ckpt_before"]], dict(os.environ, PYTHONPATH=before))
     results = {name: [] for name in cmds}
-    for _ in range(repeat):
+    for i in range(repeat):
         for name, (cmd, e) in cmds.items():
             if os.path.exists(outs[name]):   # every run writes a new file (no --force: no unlink of the old one)
                 os.unlink(outs[name])
+            if "CKPT_CACHE_DIR" not in e:     # cold: nothing remembered
+                e = dict(e, CKPT_CACHE_DIR=tempfile.mkdtemp(prefix=f"cold{i}_", dir=directory))
             results[name].append(measure(cmd, e))
+    if entries(warm) != primed:   # a miss would have hashed that input again and rewritten its entry
+        raise RuntimeError("a ckpt_warm run did not find every digest remembered")
     return {"mb": mb, "n": n, "sd_bytes": sd_bytes, "same": same_values(outs["ckpt"], outs["torch-mmap"]),
             **{k: median_of(v) for k, v in results.items()}}
+
+
+def prime_digests(directory: str, cmd: list[str], env: dict, paths: list[str]) -> str:
+    """A digest cache folder holding the digests of `paths`, remembered by one `ckpt average` run (after the
+    inputs have settled: io/hashing.py remembers no file changed within the last SETTLED_NS)."""
+    from ckpttool.io.hashing import SETTLED_NS
+
+    newest = max(max(os.stat(p).st_mtime_ns, os.stat(p).st_ctime_ns) for p in paths)
+    time.sleep(max(0.0, (newest + SETTLED_NS - time.time_ns()) / 1e9 + 0.1))
+    folder = tempfile.mkdtemp(prefix="warm_", dir=directory)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(env, CKPT_CACHE_DIR=folder))
+    os.unlink(cmd[-1])
+    if len(os.listdir(os.path.join(folder, "digests"))) != len(paths):
+        raise RuntimeError(f"the digests of the {len(paths)} inputs were not remembered in {folder}")
+    return folder
+
+
+def entries(cache: str) -> dict:
+    folder = os.path.join(cache, "digests")
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
 
 
 def same_values(ours: str, theirs: str) -> str:
@@ -164,7 +195,7 @@ def same_values(ours: str, theirs: str) -> str:
     return "tensors bit-identical to torch-mmap's" if same else "TENSORS DIFFER from torch-mmap's"
 
 
-COMMANDS = ("timm-style", "torch-mmap", "ckpt", "ckpt_no_sha256", "ckpt_before")
+COMMANDS = ("timm-style", "torch-mmap", "ckpt", "ckpt_warm", "ckpt_no_sha256", "ckpt_before")
 
 
 def accumulators(n: int = 1 << 22, k: int = 3) -> list[str]:
@@ -228,7 +259,7 @@ def main():
                     b = r[base]
                     line = "  ".join(f"{name} {r[name]['wall'] / b['wall']:.2f} x (min/min "
                                      f"{r[name]['wall_min'] / b['wall_min']:.2f} x)"
-                                     for name in ("ckpt", "ckpt_before") if name in r)
+                                     for name in ("ckpt", "ckpt_warm", "ckpt_before") if name in r)
                     print(f"  wall ratio to {base}: {line}")
                 o, nh = r["ckpt"], r["ckpt_no_sha256"]
                 print(f"  RssAnon ckpt/timm-style {o['anon'] / r['timm-style']['anon']:.2f} x;  "

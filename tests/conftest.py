@@ -7,9 +7,12 @@ imports torch/mmengine for it, nor inherits the Runner's seeds / multiprocessing
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,11 @@ import pytest
 from tests.support import fixtures as _fx  # stdlib-only at import time
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Digests remembered across runs (ckpttool/io/hashing.py) go to this session's own folder, inherited by the
+# commands tests start, never to the user's ~/.cache.
+os.environ["CKPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="ckpt-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["CKPT_CACHE_DIR"], True)
 
 
 def _out_dir() -> Path:

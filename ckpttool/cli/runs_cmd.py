@@ -2,18 +2,13 @@
 the lr / loss / grad_norm of each epoch, collapses and what explains them."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
 from ckpttool.report.output import Cell, Table, fmt_num, human_bytes
 from ckpttool.report.streams import stream_label, stream_of
-from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS
-
-if TYPE_CHECKING:
-    from ckpttool.workdirs.explain import ExplainReport
-    from ckpttool.workdirs.runs import RunsReport
+from ckpttool.workdirs.explain import ExplainReport
+from ckpttool.workdirs.runs import DEFAULT_COLLAPSE, MIN_POINTS, RunsReport
 
 
 @click.command("runs", cls=Command, epilog=examples(

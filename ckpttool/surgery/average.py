@@ -14,13 +14,14 @@ import os
 import queue
 import re
 import threading
+import time
 import zlib
 from collections import deque
 from dataclasses import dataclass
 
 from ckpttool.errors import CkptError
 from ckpttool.io.dtypes import widen_bfloat16
-from ckpttool.io.hashing import digest
+from ckpttool.io import hashing
 from ckpttool.report.result import Report
 
 CHUNK = 1 << 16  # elements per accumulation chunk: 512 KiB of float64, accumulator and widened input fit in L2
@@ -218,12 +219,16 @@ class InputDigests:
     directory) is hashed when the average is done. For a file this is `ckpttool.io.hashing.digest`'s value;
     folders (DCP, sharded) go through `digest` itself."""
 
-    def __init__(self, inputs, known: dict | None = None):
-        """`known`: {absolute path: sha256} already known (e.g. from a digest cache); those files are not hashed."""
+    def __init__(self, inputs):
+        """Digests `ckpttool.io.hashing` remembers for an unchanged input are taken from there, not recomputed;
+        those computed here are handed back to it by `result`."""
         self.paths = [os.path.abspath(p) for p, _, _ in inputs]
-        self.digests, self.error, self.cancelled = dict(known or {}), None, False
+        self.stamps = [hashing.stamp(p) for p in self.paths]
+        self.started = time.time_ns()
+        self.digests = {p: hit for p, key in zip(self.paths, self.stamps) if (hit := hashing.known(key))}
+        self.error, self.cancelled = None, False
         self.files = [None if p in self.digests else _mapped_file(p, sd) for p, (_, _, sd) in zip(self.paths, inputs)]
-        self.hashes = [hashlib.sha256() for _ in inputs]
+        self.hashes = [None if f is None else hashlib.sha256() for f in self.files]
         self.pos = [0] * len(inputs)
         n = max(1, min(len(inputs), os.cpu_count() or 1))
         self.queues = [queue.SimpleQueue() for _ in range(n)]
@@ -251,6 +256,10 @@ class InputDigests:
             t.join()
         if self.error is not None:
             raise CkptError(f"cannot hash input: {self.error}")
+        if not cancel:
+            for p, key, f in zip(self.paths, self.stamps, self.files):
+                if f is not None:
+                    hashing.remember(p, key, self.digests[p], self.started)
         return self.digests
 
     def _run(self, q) -> None:
@@ -262,7 +271,7 @@ class InputDigests:
                 f = self.files[i]
                 if f is None:  # known, a folder, or data the reader does not map from the file itself
                     if self.paths[i] not in self.digests:
-                        self.digests[self.paths[i]] = digest(self.paths[i])
+                        self.digests[self.paths[i]] = hashing.digest(self.paths[i])
                     continue
                 stop = f.size if stop is None else min(stop, f.size)
                 if stop > self.pos[i]:
