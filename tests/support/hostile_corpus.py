@@ -1345,6 +1345,9 @@ def _start_truth(info: dict, path: str, weights_only: bool) -> dict:
     pid = os.fork()
     if pid == 0:  # child
         try:
+            import faulthandler
+
+            faulthandler.disable()  # a crash of torch.load is an outcome recorded below, not a report for the log
             os.close(r)
             os.chdir(tmp)
             resource.setrlimit(resource.RLIMIT_AS, (TRUTH_AS_BYTES, TRUTH_AS_BYTES))
