@@ -41,6 +41,20 @@ SUITE = {
 }
 
 
+HAND_RUN = "<!-- Sections run by hand: kept as they are by run_all.py -->"
+
+
+def kept_by_hand(path: str) -> list[str]:
+    """The sections of `path` from the HAND_RUN marker on (benchmarks that need another tree or environment)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    at = text.find(HAND_RUN)
+    return ["", text[at:].rstrip("\n")] if at >= 0 else []
+
+
 def versions() -> str:
     out = subprocess.run([sys.executable, "-c", "import torch, numpy, mmengine; "
                           "print(f'torch {torch.__version__}, numpy {numpy.__version__}, mmengine {mmengine.__version__}')"],
@@ -78,7 +92,7 @@ def main():
                   f"({took:.0f} s, exit {proc.returncode}).", "", "```", proc.stdout.rstrip() or proc.stderr[-3000:],
                   "```"]
     with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines + kept_by_hand(args.out)) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 
