@@ -98,7 +98,7 @@ def digest(path, progress: bool | None = None) -> str:
 
 def _update(h, path: str, tick=None) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO must not block the hash
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path}: not a regular file")
@@ -114,6 +114,8 @@ def _update(h, path: str, tick=None) -> None:
                         tick(min(CHUNK, size - start))
             finally:
                 view.release()
+    finally:
+        os.close(fd)
 
 
 # --- the cache folder -------------------------------------------------------------------------------------------
