@@ -29,6 +29,12 @@ JOINT = os.path.join(ROOT, "fixtures", "mmaction2-fuse-demo", "joint.pkl")
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 
+def default_sigint():
+    """Children get SIGINT's default disposition, so Python turns it into KeyboardInterrupt as at a terminal, even
+    when the test run itself was started with SIGINT ignored (a background job of a non-interactive shell)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(params=["O_TMPFILE", "named temp"])
 def temp_kind(request, monkeypatch):
     """Run a test with unnamed temp files and again with the named-temp fallback (file systems without O_TMPFILE)."""
@@ -187,7 +193,7 @@ def test_signals_while_writing_leave_the_previous_output_and_no_temp(tmp_path, s
     out = tmp_path / "o.bin"
     out.write_bytes(b"previous")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), kind], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout.readline() == "writing\n"
     if kind == "named":
         assert len(listing(tmp_path)) == 2          # the fallback's hidden temp file exists while writing
@@ -231,7 +237,8 @@ def test_signal_during_update_bn_leaves_no_temp_file(tmp_path_factory, tmp_path,
     out = tmp_path / "avg.pth"
     proc = subprocess.Popen([sys.executable, "-m", "ckpttool", "average", "--work-dir", work["work_dir"], "--last",
                              "3", "-o", str(out), "--update-bn", work["config"], "--bn-batches", "2", "-q"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not any(n.startswith(".avg.pth.ckpt-") for n in os.listdir(tmp_path)):   # averaged; recalibrating
         assert proc.poll() is None and time.monotonic() < deadline, "update-bn ended before its scratch file"
