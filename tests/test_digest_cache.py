@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +196,26 @@ def test_a_fifo_in_a_folder_is_an_error_not_a_hang(tmp_path, cache):
     os.mkfifo(d / "b.distcp")
     with pytest.raises(OSError, match="not a regular file"):
         hashing.digest(d)
+
+
+def test_real_runner_checkpoints_are_hashed_once_under_the_default_rules(tmp_path, fixtures_dir, manifest,
+                                                                          monkeypatch):
+    """mmengine Runner checkpoints (EMA runs), the default SETTLED_NS: the second average reads no input to hash."""
+    runs = manifest["mmengine"]["runs"]
+    paths = [str(fixtures_dir / runs[t]["path"]) for t in ("sgd", "adamw")]
+    newest = max(max(os.stat(p).st_mtime_ns, os.stat(p).st_ctime_ns) for p in paths)
+    time.sleep(max(0.0, (newest + hashing.SETTLED_NS - time.time_ns()) / 1e9 + 0.1))  # freshly generated
+    monkeypatch.setenv("CKPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "_CACHE", {})
+    truth = {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
+    cold = average(paths, str(tmp_path / "a.pth"))
+    assert {r["path"]: r["sha256"] for r in cold.inputs} == truth
+    assert len(os.listdir(tmp_path / "cache" / "digests")) == 2
+    forget_process_cache(monkeypatch)
+    no_hashing(monkeypatch)
+    import ckpttool.surgery.average as average_module
+
+    monkeypatch.setattr(average_module, "hashlib", None)
+    warm = average(paths, str(tmp_path / "b.pth"))
+    assert {r["path"]: r["sha256"] for r in warm.inputs} == truth
+    assert all(hashing.digest(p) == truth[p] for p in paths)   # graft's and eval's hasher: the same entries
