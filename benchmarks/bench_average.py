@@ -35,6 +35,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import compile_project  # noqa: E402
 
 BASELINE = """
 import sys, torch
@@ -242,6 +244,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--before", metavar="DIR", help="also run `ckpt average` from this checkout (before/after)")
     args = ap.parse_args()
+    compile_project()
     tmp = tempfile.mkdtemp(prefix="bench_average_")
     try:
         for mb in (int(s) for s in args.sizes.split(",")):

@@ -139,6 +139,20 @@ def test_kaist_metrics_from_files_never_import_torch():
               "--ann", str(kaist / "KAIST_annotation.json"), "--format", "csv")
 
 
+def test_light_io_modules_do_not_import_the_reader():
+    """`ckpttool.io.hashing` / `io.write` (digests, atomic writes: used by eval, runs and the digest cache) stay
+    light: the safe unpickler, zipfile and the format readers load only when `ckpttool.io.load` is first used."""
+    code = ("import sys\nimport ckpttool.io.hashing, ckpttool.io.write, ckpttool.surgery.average\n"
+            "reader = sorted(m for m in ('ckpttool.io.unpickle', 'ckpttool.io.torchfile', 'ckpttool.io.checkpoint', "
+            "'zipfile') if m in sys.modules)\nassert not reader, reader\n"
+            "from ckpttool.io import load, Checkpoint, StateDict, TensorRef\n"
+            "assert load.__module__ == 'ckpttool.io.checkpoint' and 'ckpttool.io.unpickle' in sys.modules\n"
+            "import ckpttool.io as io\nassert {'load', 'TensorRef'} <= set(dir(io))\n"
+            "try:\n    io.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_engine_functions_are_short():
     """The engine reads as a pipeline of short steps (issue 12: no function longer than ~40 lines)."""
     long = []

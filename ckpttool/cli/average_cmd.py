@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ckpttool.cli.common import Command, MultiOption, examples, finish, output_options
-from ckpttool.cli.runs_cmd import value
 from ckpttool.report.output import Cell, Table, human_bytes
 from ckpttool.surgery.average import DTYPES, INT_RULES
-from ckpttool.workdirs.runs import is_percent
 
 if TYPE_CHECKING:
     from ckpttool.surgery.average import AverageReport
@@ -70,6 +68,9 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
 
 
 def tables(r: AverageReport) -> list[Table]:
+    from ckpttool.cli.runs_cmd import value
+    from ckpttool.workdirs.runs import is_percent
+
     out = []
     if r.steps:
         name = r.metric

@@ -18,7 +18,7 @@ class FormatType(click.ParamType):
     name = "format"
 
     def convert(self, value, param, ctx):
-        if value in format_names():
+        if value in FORMATS or value in format_names():   # tabulate imported only for its own names
             return value
         self.fail(f"{value!r} is not {', '.join(FORMATS)} or a tabulate format "
                   f"({', '.join(format_names()[len(FORMATS):])})", param, ctx)

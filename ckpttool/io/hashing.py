@@ -1,4 +1,5 @@
-"""The one sha256 of the project: a file's bytes, or a folder's (sharded/DCP checkpoints) relative paths and bytes.
+"""The project's checksums: the one sha256 (a file's bytes, or a folder's — sharded/DCP checkpoints — relative
+paths and bytes) and the one CRC32 (``crc32``: zip records, and every byte a writer reads back).
 
 ``graft`` and ``average`` record it as provenance and ``eval`` keys its score cache with it, so the same input has
 the same digest everywhere.
@@ -24,6 +25,13 @@ import os
 import stat
 import threading
 import time
+
+try:   # zlib-ng's CRC32 (carry-less multiply, ~20 GB/s here vs zlib's ~3): the same function and values, GIL released
+    from zlib_ng.zlib_ng import crc32
+except ImportError:   # a platform without its wheel
+    import zlib
+
+    crc32 = zlib.crc32
 
 SETTLED_NS = 2_000_000_000   # files changed less than this before hashing began are not remembered
 MAX_ENTRIES = 4096           # entries kept in the cache folder

@@ -17,12 +17,12 @@ import re
 import signal
 import struct
 import threading
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ckpttool.errors import CkptError
 from ckpttool.io.dtypes import BY_NAME, DType, from_numpy
+from ckpttool.io.hashing import crc32
 
 ALIGN = 64
 
@@ -30,7 +30,7 @@ ALIGN = 64
 @dataclass
 class OutTensor:
     """A tensor to write: its dtype name, shape, and a function returning its bytes (C-contiguous, little-endian).
-    `crc` (zlib.crc32 of those bytes) may be set by the producer, where the bytes are hot in cache; the writer
+    `crc` (`hashing.crc32` of those bytes) may be set by the producer, where the bytes are hot in cache; the writer
     computes it otherwise."""
     dtype: str
     shape: tuple
@@ -84,7 +84,7 @@ class Written:
         """Write `data` at the current position; returns its offset."""
         offset = self.f.tell()
         self.f.write(data)
-        self.segments.append((offset, len(data), zlib.crc32(data) if crc is None else crc))
+        self.segments.append((offset, len(data), crc32(data) if crc is None else crc))
         return offset
 
     def verify(self, name: str = "output", progress: bool | None = None) -> None:
@@ -103,7 +103,7 @@ class Written:
             view = memoryview(mm)
             try:
                 for offset, n, crc in self.segments:
-                    if zlib.crc32(view[offset: offset + n]) != crc:
+                    if crc32(view[offset: offset + n]) != crc:
                         raise CkptError(f"verification failed: {name} reads back different bytes at {offset}")
                     b.update(n)
             finally:
@@ -114,7 +114,7 @@ def _tensor_bytes(key: str, t: OutTensor):
     data = t.data()
     if len(data) != t.nbytes:
         raise CkptError(f"{key}: {len(data)} bytes for shape {list(t.shape)} {t.dtype}")
-    return data, (zlib.crc32(data) if t.crc is None else t.crc)
+    return data, (crc32(data) if t.crc is None else t.crc)
 
 
 # --- torch zip ---------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def write_torch_zip(f, meta: dict | None, tensors: Iterable[tuple[str, OutTensor
     root = {"meta": meta or {}, weights_key: records} if weights_key else records
     for name, data in (("archive/data.pkl", _pickle_root(root)), ("archive/byteorder", b"little"),
                        ("archive/version", b"3\n")):
-        entries.append(_zip_entry(out, name, data, zlib.crc32(data)))
+        entries.append(_zip_entry(out, name, data, crc32(data)))
     out.put(_central_directory(entries, f.tell()))
     return out
 
@@ -301,7 +301,7 @@ def write_safetensors(f, meta: dict | None, tensors: Iterable[tuple[str, OutTens
         f.seek(0)
         f.write(final)
         f.seek(end)
-        out.segments[0] = (0, len(final), zlib.crc32(final))
+        out.segments[0] = (0, len(final), crc32(final))
     return out
 
 

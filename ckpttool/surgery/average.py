@@ -15,7 +15,6 @@ import queue
 import re
 import threading
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -417,7 +416,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
 
     def compute(k):
         data = make(k)
-        return data, zlib.crc32(data)
+        return data, hashing.crc32(data)
 
     def piped(pool):
         pending, todo = deque(), deque(outs)

@@ -14,11 +14,10 @@ mmengine's `load_checkpoint` / `_load_checkpoint`, timm's `load_checkpoint` — 
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import asdict, dataclass
 
 from ckpttool.errors import CkptError
-from ckpttool.io.hashing import digest
+from ckpttool.io.hashing import crc32, digest
 from ckpttool.report.result import Report
 
 WEIGHTS = ("default", "ema", "raw")
@@ -161,7 +160,7 @@ CASTABLE = ("float32", "float64", "float16", "bfloat16")
 def _producer(key, ref, target, crcs):
     def data():
         raw = _cast(key, ref, target)
-        crcs[key] = zlib.crc32(raw)
+        crcs[key] = crc32(raw)
         return raw
     return data
 
@@ -204,7 +203,7 @@ def verify_output(path: str, readable: str, keys: list, dtypes: dict, shapes: di
             raise CkptError(f"verification failed: {k} reads back as {ref.dtype} {list(ref.shape)}")
         import numpy as np
 
-        if zlib.crc32(memoryview(np.ascontiguousarray(ref.raw())).cast("B") if ref.numel else b"") != crcs[k]:
+        if crc32(memoryview(np.ascontiguousarray(ref.raw())).cast("B") if ref.numel else b"") != crcs[k]:
             raise CkptError(f"verification failed: {k} reads back different bytes")
     got = _read_meta(ck)
     if got != meta:
