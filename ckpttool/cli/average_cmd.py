@@ -67,15 +67,22 @@ def average_cmd(checkpoints, out, weights, section, int_buffers, dtype, intersec
     finish(report.to_dict(), tables(report), fmt)
 
 
-def tables(r: AverageReport) -> list[Table]:
+def _metric_cells(name: str, values):
+    """Whether the logged metric `name` is a fraction shown in %, and its cell maker (the runs room's; imported
+    only for tables that show logged metrics: greedy soups, --work-dir)."""
     from ckpttool.cli.runs_cmd import value
     from ckpttool.workdirs.runs import is_percent
 
+    pct = is_percent(name, values)
+    return pct, lambda v: value(v, pct)
+
+
+def tables(r: AverageReport) -> list[Table]:
     out = []
     if r.steps:
         name = r.metric
-        pct = is_percent(name, [v for s in r.steps for v in (s["metric"], s["soup_metric"])])
-        rows = [[os.path.basename(s["candidate"]), value(s["metric"], pct), value(s["soup_metric"], pct),
+        pct, cell = _metric_cells(name, [v for s in r.steps for v in (s["metric"], s["soup_metric"])])
+        rows = [[os.path.basename(s["candidate"]), cell(s["metric"]), cell(s["soup_metric"]),
                  "kept" if s["kept"] else "dropped"] for s in r.steps]
         unit = " (%)" if pct else ""
         out.append(Table(["candidate", name + unit, f"soup {name}{unit}", "step"], rows,
@@ -85,10 +92,10 @@ def tables(r: AverageReport) -> list[Table]:
     heads = ["input", "epoch", "iter", "weight", "sha256"]
     logged = {os.path.basename(s["checkpoint"]): s["metric"] for s in r.selected or []}
     if any(v is not None for v in logged.values()):
-        pct = is_percent(r.metric, logged.values())
+        pct, cell = _metric_cells(r.metric, list(logged.values()))
         heads.append(f"{r.metric} (logged{', %' if pct else ''})")
         for row in rows:
-            row.append(value(logged.get(row[0]), pct))
+            row.append(cell(logged.get(row[0])))
     out.append(Table(heads, rows, primary=True,
                      title=f"{r.method} average of {len(rows)} checkpoint(s) ({r.section})"))
     info = [["output", r.output], ["size", Cell(r.bytes, human_bytes)],
