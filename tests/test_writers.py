@@ -349,3 +349,25 @@ def test_zlib_crc_of_segments_matches_the_file(tmp_path):
         written.verify()
     data = out.read_bytes()
     assert [zlib.crc32(data[o:o + n]) for o, n, _ in written.segments] == [c for _, _, c in written.segments]
+
+
+def test_sync_behind_while_writing_goes_on_keeps_every_byte_and_the_cleanup(tmp_path, temp_kind):
+    """average hands the tensors to the disk (fdatasync on its worker) while the inputs' hashing finishes and the
+    meta is still to be written: the published file holds every byte in order; an error after it leaves nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [os.urandom(1 << 20) for _ in range(6)]
+    out = tmp_path / "o.bin"
+    with atomic_output(out) as f, ThreadPoolExecutor(1) as pool:
+        for c in chunks[:4]:
+            f.write(c)
+        w.sync_behind(f, pool)
+        for c in chunks[4:]:
+            f.write(c)
+    assert out.read_bytes() == b"".join(chunks)
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "p.bin") as f, ThreadPoolExecutor(1) as pool:
+            f.write(chunks[0])
+            w.sync_behind(f, pool)
+            raise RuntimeError("a failure after the sync")
+    assert listing(tmp_path) == ["o.bin"]

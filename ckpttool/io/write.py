@@ -421,6 +421,14 @@ def atomic_output(path, *, force: bool = False, inputs: Iterable = (), mode: str
                 _unlink(tmp)
 
 
+def sync_behind(f, pool) -> None:
+    """Flush `f` (an `atomic_output` file) and hand what it holds so far to the disk on `pool` (a
+    concurrent.futures executor): fdatasync runs while the caller goes on (e.g. waits for its inputs' digests), and
+    the fsync that publishes the file has only the rest left. `pool` must be shut down before the file is closed."""
+    f.flush()
+    pool.submit(getattr(os, "fdatasync", os.fsync), f.fileno())
+
+
 def write_bytes(path, data, *, force: bool = False, inputs: Iterable = (), append: bool = False) -> str:
     """Write `data` to `path` through `atomic_output`, verified by reading it back. Returns the absolute path."""
     data = bytes(data)

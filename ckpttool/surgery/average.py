@@ -408,7 +408,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
     the header is written with same-length placeholder digests and rewritten once the data is done."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ckpttool.io.write import OutTensor, atomic_output, write_safetensors, write_torch_zip
+    from ckpttool.io.write import OutTensor, atomic_output, sync_behind, write_safetensors, write_torch_zip
     from ckpttool.report.progress import bar
 
     name = os.path.basename(str(out))
@@ -418,7 +418,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
         data = make(k)
         return data, hashing.crc32(data)
 
-    def piped(pool):
+    def piped(pool, f):
         pending, todo = deque(), deque(outs)
         queued = 0  # bytes in `pending`, kept as a running sum (the queue is also capped in tensors)
         while todo or pending:
@@ -434,6 +434,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
             ticks.update(len(data))                          # back here once the writer has written it
             del data
         if digests is not None:  # the torch-zip writer pickles meta after the last tensor
+            sync_behind(f, pool)     # the disk takes the tensors while the hashing of the inputs finishes
             _fill_hashes(meta, digests.result())
 
     def final_meta():
@@ -453,8 +454,8 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
                 lazy = ((k, OutTensor(dt, shape, lambda k=k: ticked(k))) for k, dt, shape in outs)
                 written = write_safetensors(f, meta, lazy, final_meta=final_meta if digests is not None else None)
             else:
-                with ThreadPoolExecutor(1) as pool:
-                    written = write_torch_zip(f, meta, piped(pool))
+                with ThreadPoolExecutor(1) as pool:   # joined before atomic_output's fsync and close
+                    written = write_torch_zip(f, meta, piped(pool, f))
         written.verify(name, progress)
         size = f.tell()
     return {"path": os.path.abspath(out), "tensors": written.tensors, "bytes": size}
