@@ -361,9 +361,10 @@ def test_sync_behind_while_writing_goes_on_keeps_every_byte_and_the_cleanup(tmp_
     with atomic_output(out) as f, ThreadPoolExecutor(1) as pool:
         for c in chunks[:4]:
             f.write(c)
-        w.sync_behind(f, pool)
+        synced = w.sync_behind(f, pool)
         for c in chunks[4:]:
             f.write(c)
+        assert synced.result() is None
     assert out.read_bytes() == b"".join(chunks)
     with pytest.raises(RuntimeError):
         with atomic_output(tmp_path / "p.bin") as f, ThreadPoolExecutor(1) as pool:
@@ -371,3 +372,19 @@ def test_sync_behind_while_writing_goes_on_keeps_every_byte_and_the_cleanup(tmp_
             w.sync_behind(f, pool)
             raise RuntimeError("a failure after the sync")
     assert listing(tmp_path) == ["o.bin"]
+
+
+def test_an_io_error_of_averages_early_sync_fails_the_write_and_leaves_nothing(three, tmp_path, monkeypatch):
+    """The publishing fsync would not report an error the early fdatasync already consumed: average checks it."""
+    import errno
+
+    from ckpttool.surgery.average import average
+
+    def eio(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    before = listing(tmp_path)
+    with pytest.raises(CkptError, match="cannot write .*avg.pth: Input/output error"):
+        average(three, str(tmp_path / "avg.pth"))
+    assert listing(tmp_path) == before

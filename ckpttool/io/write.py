@@ -421,12 +421,14 @@ def atomic_output(path, *, force: bool = False, inputs: Iterable = (), mode: str
                 _unlink(tmp)
 
 
-def sync_behind(f, pool) -> None:
+def sync_behind(f, pool):
     """Flush `f` (an `atomic_output` file) and hand what it holds so far to the disk on `pool` (a
     concurrent.futures executor): fdatasync runs while the caller goes on (e.g. waits for its inputs' digests), and
-    the fsync that publishes the file has only the rest left. `pool` must be shut down before the file is closed."""
+    the fsync that publishes the file has only the rest left. Returns the future: the caller must call its
+    `result()` inside the `atomic_output` block (a write error is reported to one fsync of a descriptor only, so
+    the publishing fsync would not see it again), and `pool` must be shut down before the file is closed."""
     f.flush()
-    pool.submit(getattr(os, "fdatasync", os.fsync), f.fileno())
+    return pool.submit(getattr(os, "fdatasync", os.fsync), f.fileno())
 
 
 def write_bytes(path, data, *, force: bool = False, inputs: Iterable = (), append: bool = False) -> str:

@@ -434,7 +434,7 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
             ticks.update(len(data))                          # back here once the writer has written it
             del data
         if digests is not None:  # the torch-zip writer pickles meta after the last tensor
-            sync_behind(f, pool)     # the disk takes the tensors while the hashing of the inputs finishes
+            syncs.append(sync_behind(f, pool))   # the disk takes the tensors while the inputs' hashing finishes
             _fill_hashes(meta, digests.result())
 
     def final_meta():
@@ -454,8 +454,11 @@ def write_streamed(out: str, meta: dict, outs, make, inputs, force: bool, digest
                 lazy = ((k, OutTensor(dt, shape, lambda k=k: ticked(k))) for k, dt, shape in outs)
                 written = write_safetensors(f, meta, lazy, final_meta=final_meta if digests is not None else None)
             else:
+                syncs = []
                 with ThreadPoolExecutor(1) as pool:   # joined before atomic_output's fsync and close
                     written = write_torch_zip(f, meta, piped(pool, f))
+                for fut in syncs:
+                    fut.result()   # an I/O error of the early sync fails the write here, before publishing
         written.verify(name, progress)
         size = f.tell()
     return {"path": os.path.abspath(out), "tensors": written.tensors, "bytes": size}
